@@ -1,0 +1,14 @@
+"""Settings of the evaluator service (environment prefix ``CLIPAUDIT_EVALUATOR_``)."""
+
+from __future__ import annotations
+
+from pydantic_settings import SettingsConfigDict
+
+from clipaudit.config import SERVICE_PORTS, ServiceSettings
+
+
+class EvaluatorSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="CLIPAUDIT_EVALUATOR_", extra="forbid")
+
+    grpc_port: int = SERVICE_PORTS["evaluator"][0]
+    metrics_port: int = SERVICE_PORTS["evaluator"][1]

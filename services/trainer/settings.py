@@ -1,0 +1,14 @@
+"""Settings of the trainer service (environment prefix ``CLIPAUDIT_TRAINER_``)."""
+
+from __future__ import annotations
+
+from pydantic_settings import SettingsConfigDict
+
+from clipaudit.config import SERVICE_PORTS, ServiceSettings
+
+
+class TrainerSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="CLIPAUDIT_TRAINER_", extra="forbid")
+
+    grpc_port: int = SERVICE_PORTS["trainer"][0]
+    metrics_port: int = SERVICE_PORTS["trainer"][1]
