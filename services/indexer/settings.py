@@ -12,3 +12,12 @@ class IndexerSettings(ServiceSettings):
 
     grpc_port: int = SERVICE_PORTS["indexer"][0]
     metrics_port: int = SERVICE_PORTS["indexer"][1]
+    device: str = "auto"                      # auto | cpu | cuda: where bulk matrix products run
+    query_block: int = 4096                   # query rows per matrix product
+    ref_block: int = 16384                    # reference rows streamed per block
+    memory_budget_bytes: int = 8 << 30        # for choosing the FAISS index type
+    default_index: str = "default"            # index used when a request names none
+    consume_index: str = ""                   # index the Kafka worker adds to ("" = default_index)
+    consumer_group: str = "indexer"
+    embedder_address: str = ""                # host:port of the embedder, for search by text
+    search_threads: int = 1                   # faiss OpenMP threads per search call (requests run in parallel)
