@@ -12,3 +12,9 @@ class ClassifierSettings(ServiceSettings):
 
     grpc_port: int = SERVICE_PORTS["classifier"][0]
     metrics_port: int = SERVICE_PORTS["classifier"][1]
+    # Classifier file (path or s3://...) the bus worker labels shards with; empty: no worker.
+    model: str = ""
+    # CLIP model spec for zero-shot bootstrapping in Train (empty: Train needs labels).
+    text_model_spec: str = ""
+    text_model_seed: int = 0
+    consumer_group: str = "classifier"
