@@ -1,13 +1,48 @@
-"""Composition root of the embedder service: `python -m services.embedder`."""
+"""Composition root of the embedder service: `python -m services.embedder`.
+
+Loads the model once, then serves gRPC (EmbedImages, EmbedTexts, GetModelInfo) and,
+with ``consume``, runs the Kafka worker: ``shards.v1`` -> embedding parts in the
+store -> ``embeddings.v1``. Several processes in one consumer group split the
+topic's partitions (one shard per message).
+"""
 
 from __future__ import annotations
 
-from clipaudit.rpc.runtime import Runtime, ServiceParts, run_service
-from services.embedder.settings import EmbedderSettings
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see services/embedder/cli.py
+
+from clipaudit.bus import TOPIC_SHARDS  # noqa: E402
+from clipaudit.rpc.runtime import Runtime, ServiceParts, WorkerSpec, run_service  # noqa: E402
+from services.embedder.settings import EmbedderSettings  # noqa: E402
 
 
 def build(rt: Runtime) -> ServiceParts:
-    return ServiceParts()
+    from clipaudit.events.v1 import events_pb2
+    from clipaudit.models import load_clip
+    from clipaudit.store import open_store
+    from services.embedder.grpc_api import SERVICE_NAME, registration
+    from services.embedder.handler import EmbedderHandler
+    from services.embedder.metrics import EmbedderMetrics
+
+    s: EmbedderSettings = rt.settings  # type: ignore[assignment]
+    loaded = load_clip(s.model, device=s.device, seed=s.seed)
+    handler = EmbedderHandler(
+        loaded,
+        open_store=lambda loc: open_store(loc, settings=rt.stack),
+        metrics=EmbedderMetrics(rt.registry),
+        publisher=rt.bus if s.consume else None,
+        default_out=rt.store.uri(),
+        batch_size=s.batch_size,
+        workers=s.reader_threads,
+        worker_kind="thread",       # this process runs gRPC and Kafka threads: never fork it
+        dtype=s.dtype,
+        precision=s.precision,
+        text=s.text,
+    )
+    workers = [WorkerSpec([TOPIC_SHARDS], s.consumer_group, events_pb2.ShardCreated.FromString,
+                          handler.on_shard_created)] if s.consume else []
+    return ServiceParts(registrations=[registration(handler)], service_names=[SERVICE_NAME], workers=workers)
 
 
 def main() -> None:
