@@ -11,7 +11,9 @@ ERROR_KINDS = ("zero_byte", "truncated", "too_large", "corrupt", "no_image", "sh
 def error_kind(message: str) -> str:
     """One of :data:`ERROR_KINDS` for a skip reason (the full reason goes to the log)."""
     m = message.lower()
-    if "zero-byte" in m or "0 bytes" in m:
+    if m.startswith("shard:"):
+        return "shard"
+    if "zero-byte" in m:
         return "zero_byte"
     if "too large" in m:
         return "too_large"
@@ -19,8 +21,6 @@ def error_kind(message: str) -> str:
         return "no_image"
     if "truncated" in m:
         return "truncated"
-    if "tar" in m or "shard" in m:
-        return "shard"
     return "corrupt"
 
 

@@ -88,8 +88,8 @@ def read_shard(src: ShardSource, opts: ReadOptions) -> Iterator[dict]:
         return
 
     def on_error(exc: BaseException) -> bool:
-        key = getattr(exc, "key", None)
-        errors.append((key or "<shard>", str(exc).splitlines()[0][:300]))
+        key = getattr(exc, "key", None)   # a tar-level problem: named after the shard
+        errors.append((key or "<shard>", "shard: " + str(exc).replace("<bytes>", src.key).splitlines()[0][:300]))
         return True
 
     s = opts.spec.size
