@@ -12,7 +12,6 @@ REQ_HASH := $(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-16
 VENV_STAMP := $(VENV)/.installed-$(REQ_HASH)
 PROTOS := $(shell find proto -name '*.proto')
 PROTO_STAMP := clipaudit/.proto-$(shell cat $(PROTOS) | sha256sum | cut -c1-16)
-APT_PACKAGES := prometheus chromium default-jre-headless
 export OMP_WAIT_POLICY ?= PASSIVE
 PYTEST_ARGS ?=
 
@@ -45,11 +44,7 @@ setup: venv proto
 
 # System packages (Debian) and the servers' builds, cached under ~/.cache/clipaudit.
 tools: setup
-	@missing=""; for b in prometheus chromium java; do command -v $$b >/dev/null || missing=1; done; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(APT_PACKAGES)) >/tmp/clipaudit-apt.log 2>&1 || { tail -20 /tmp/clipaudit-apt.log; exit 1; }; \
-	  else echo "please install: $(APT_PACKAGES)"; exit 1; fi; fi
-	$(PY) -m clipaudit.cli stack tools
+	PYTHON=$(PY) scripts/tools.sh
 
 stack-up: tools
 	$(PY) -m clipaudit.cli stack up

@@ -35,24 +35,28 @@ def _print_json(obj) -> None:
 # -- stack ---------------------------------------------------------------------------
 
 def cmd_stack(args) -> int:
+    from rich.console import Console
+
     from clipaudit import stack
     from clipaudit.config import StackSettings
 
     settings = StackSettings()
+    console = Console(stderr=True)
+    if args.action == "tools":
+        result = {k: str(v) for k, v in stack.ensure_tools(settings, console).items()}
+        _print_json(result) if args.json else [print(f"{k:11s} {v}") for k, v in result.items()]
+        return 0
     if args.action == "up":
-        stack.ensure_tools(settings)
-        result = stack.up(settings)
+        result = stack.up(settings, console)
     elif args.action == "down":
         result = stack.down(settings)
-    elif args.action == "tools":
-        result = stack.ensure_tools(settings)
     else:
         result = stack.status(settings)
     if args.json:
         _print_json(result)
     else:
-        print(stack.format_status(stack.status(settings) if args.action != "tools" else result))
-    if args.action == "status" and not all(v.get("ready") for v in result.values() if isinstance(v, dict)):
+        Console().print(stack.status_table(stack.status(settings)))
+    if args.action == "status" and not all(v.get("ready") for v in result.values()):
         return 1
     return 0
 

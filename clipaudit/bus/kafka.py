@@ -23,7 +23,6 @@ class KafkaBus:
             self._producer = KafkaProducer(
                 bootstrap_servers=bootstrap, client_id=client_id, acks="all", linger_ms=2,
                 request_timeout_ms=request_timeout_ms, max_block_ms=request_timeout_ms,
-                api_version_auto_timeout_ms=5000,
             )
         except KafkaError as e:
             raise _unavailable(bootstrap, e) from e
@@ -79,7 +78,6 @@ class KafkaConsumerAdapter:
                 *topics, bootstrap_servers=bootstrap, group_id=group, client_id=client_id,
                 enable_auto_commit=False, auto_offset_reset="earliest",
                 session_timeout_ms=10000, heartbeat_interval_ms=1000, max_poll_interval_ms=600000,
-                api_version_auto_timeout_ms=5000,
             )
         except KafkaError as e:
             raise _unavailable(bootstrap, e) from e
