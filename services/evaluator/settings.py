@@ -12,3 +12,6 @@ class EvaluatorSettings(ServiceSettings):
 
     grpc_port: int = SERVICE_PORTS["evaluator"][0]
     metrics_port: int = SERVICE_PORTS["evaluator"][1]
+    device: str = "cpu"                    # default device of evaluations ("cuda" on a GPU node)
+    consumer_group: str = "evaluator"      # Kafka group consuming checkpoints.v1
+    reports_prefix: str = "reports"        # under `store`: reports/<job>/step-<n>/<name>/ when an event names no out
