@@ -34,8 +34,12 @@ def build(rt: Runtime) -> ServiceParts:
                              ref_block=s.ref_block, memory_budget_bytes=s.memory_budget_bytes,
                              default_index=s.default_index)
     index = s.consume_index or s.default_index
-    worker = WorkerSpec([TOPIC_EMBEDDINGS], s.consumer_group, events_pb2.EmbeddingsWritten.FromString,
-                        lambda event: handler.on_embeddings_written(event, index=index))
+
+    def on_event(event) -> None:
+        if event.dataset.startswith(s.consume_dataset_prefix):
+            handler.on_embeddings_written(event, index=index)
+
+    worker = WorkerSpec([TOPIC_EMBEDDINGS], s.consumer_group, events_pb2.EmbeddingsWritten.FromString, on_event)
     return ServiceParts(registrations=[(indexer_pb2_grpc.add_IndexerServicer_to_server, IndexerServicer(handler))],
                         service_names=[SERVICE_NAME], workers=[worker], on_stop=on_stop)
 

@@ -18,6 +18,7 @@ class IndexerSettings(ServiceSettings):
     memory_budget_bytes: int = 8 << 30        # for choosing the FAISS index type
     default_index: str = "default"            # index used when a request names none
     consume_index: str = ""                   # index the Kafka worker adds to ("" = default_index)
+    consume_dataset_prefix: str = ""          # only index events whose dataset starts with this ("" = all)
     consumer_group: str = "indexer"
     embedder_address: str = ""                # host:port of the embedder, for search by text
     search_threads: int = 1                   # faiss OpenMP threads per search call (requests run in parallel)
