@@ -12,7 +12,6 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see services/embedder/cli.py
 
-from clipaudit.bus import TOPIC_SHARDS  # noqa: E402
 from clipaudit.rpc.runtime import Runtime, ServiceParts, WorkerSpec, run_service  # noqa: E402
 from services.embedder.settings import EmbedderSettings  # noqa: E402
 
@@ -39,8 +38,9 @@ def build(rt: Runtime) -> ServiceParts:
         dtype=s.dtype,
         precision=s.precision,
         text=s.text,
+        embeddings_topic=s.embeddings_topic,
     )
-    workers = [WorkerSpec([TOPIC_SHARDS], s.consumer_group, events_pb2.ShardCreated.FromString,
+    workers = [WorkerSpec([s.shards_topic], s.consumer_group, events_pb2.ShardCreated.FromString,
                           handler.on_shard_created)] if s.consume else []
     return ServiceParts(registrations=[registration(handler)], service_names=[SERVICE_NAME], workers=workers)
 

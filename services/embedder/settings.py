@@ -24,3 +24,5 @@ class EmbedderSettings(ServiceSettings):
     text: bool = Field(False, description="also embed captions (text_emb/) in the Kafka worker")
     reader_threads: int = Field(2, ge=1, description="decode threads per shard job of the Kafka worker")
     consumer_group: str = "embedder"
+    shards_topic: str = Field("shards.v1", description="topic of ShardCreated events (input)")
+    embeddings_topic: str = Field("embeddings.v1", description="topic of EmbeddingsWritten events (output)")
