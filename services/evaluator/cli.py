@@ -51,7 +51,7 @@ def _spec_from_args(args) -> dict:
     spec: dict = {"device": args.device, "batch_size": args.batch_size, "similarity_column": args.similarity_column,
                   "similarity_bins": args.bins, "one_vs_k": args.one_vs_k}
     if args.templates:
-        spec["templates"] = args.templates.split("|") if "{" in args.templates else args.templates
+        spec["templates"] = args.templates.split("|") if ("{" in args.templates or "|" in args.templates) else args.templates
     if args.classnames:
         p = Path(args.classnames)
         if not p.is_file():

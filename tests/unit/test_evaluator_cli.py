@@ -1,0 +1,124 @@
+"""`clipaudit evaluate` / `clipaudit compare` on real WebDataset shards of the synthetic
+collection: a CLIP checkpoint (trainer format), a supervised timm classifier whose
+predictions are recomputed here as an oracle, mechanistic similarity, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from clipaudit.cli import main
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    from clipaudit.synth import generate
+
+    out = tmp_path_factory.mktemp("synth") / "tiny"
+    generate("tiny", str(out), seed=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def clip_ckpt(tmp_path_factory):
+    import torch
+
+    from clipaudit.models import load_clip
+
+    m = load_clip("clipaudit-tiny", seed=3)
+    p = tmp_path_factory.mktemp("ckpt") / "clip.pt"
+    torch.save({"model": m.model.state_dict(), "arch": "clipaudit-tiny", "step": 7}, p)
+    return p
+
+
+@pytest.fixture(scope="module")
+def supervised_ckpt(tmp_path_factory, collection):
+    import timm
+    import torch
+
+    classes = json.loads((collection / "collection.json").read_text())["classes"]
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=len(classes))
+    p = tmp_path_factory.mktemp("ckpt") / "sup.pt"
+    torch.save({"model": model.state_dict(), "arch": "test_resnet", "classes": classes, "kind": "supervised",
+                "image_size": 32}, p)
+    return p, model, classes
+
+
+def test_evaluate_clip_checkpoint_with_mechanistic_similarity(collection, clip_ckpt, tmp_path, capsys):
+    tests = ",".join(str(collection / s) for s in ("test_natural", "test_sketch", "test_common", "test_counter"))
+    rc = main(["evaluate", "--checkpoint", str(clip_ckpt), "--test", tests, "--mechanistic", "natural,sketch",
+               "--subset", "held=circle,square,triangle", "--one-vs-k", "5", "--templates", "a photo of a {c}.",
+               "--out", str(tmp_path / "rep"), "--quiet"])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert printed["images"] == rep["n"] == 160
+    assert rep["model"]["kind"] == "clip" and rep["model"]["arch"] == "clipaudit-tiny"
+    assert rep["model"]["model_id"].startswith("clipaudit-tiny@") and "init" not in rep["model"]["model_id"]
+    names = [s["name"] for s in rep["test_sets"]]
+    assert names == ["test_natural", "test_sketch", "test_common", "test_counter"]
+    for s in rep["test_sets"]:
+        assert s["n"] == 40 and s["n_templates"] == 1 and len(s["classes"]) == 10
+        assert 0.0 <= s["overall"]["top1"] <= s["overall"]["top5"] <= 1.0
+        assert sum(v["n"] for v in s["breakdowns"]["class"].values()) == 40
+    g = rep["groups"]
+    assert g["common"]["n"] + g["counter"]["n"] == sum(
+        v["n"] for s in rep["test_sets"] for k, v in s["breakdowns"]["group"].items() if k in ("common", "counter"))
+    mech = rep["mechanistic"]
+    assert [l["layer"] for l in mech["layers"]] == ["layer1", "layer2", "layer3", "layer4", "attnpool"]
+    for l in mech["layers"]:
+        assert -1.0 <= l["cka_linear"] <= 1.0 + 1e-9 and 0.0 <= l["neuron_sharing"] <= 1.0
+    assert len(mech["classes"]) >= 4
+
+
+def test_supervised_classifier_matches_a_direct_forward_pass(collection, supervised_ckpt, tmp_path, capsys):
+    import torch
+
+    from clipaudit.images import decode_image
+    from clipaudit.shards import iter_samples
+    from services.evaluator.checkpoints import timm_preprocess
+
+    path, model, classes = supervised_ckpt
+    rc = main(["evaluate", "--checkpoint", str(path), "--test", str(collection / "test_sketch"),
+               "--out", str(tmp_path / "sup"), "--quiet"])
+    assert rc == 0
+    rep = json.loads((tmp_path / "sup" / "report.json").read_text())
+    assert rep["model"]["kind"] == "supervised" and rep["model"]["family"] == "supervised"
+    # oracle: the same weights, our own loop
+    model.eval()
+    pre = timm_preprocess(model, 32)
+    right = []
+    for tar in sorted((collection / "test_sketch").glob("*.tar")):
+        for s in iter_samples(tar):
+            with torch.no_grad():
+                logits = model(pre(decode_image(s["jpg"]))[None])[0]
+            right.append(int(logits.argmax()) == classes.index(s["json"]["class"]))
+    assert rep["test_sets"][0]["overall"]["top1"] == pytest.approx(np.mean(right))
+
+    # CLIP and classifier side by side
+    capsys.readouterr()
+    rc = main(["compare", str(tmp_path / "sup" / "report.json"), str(tmp_path / "sup" / "report.json"),
+               "--out", str(tmp_path / "cmp")])
+    assert rc == 0
+    cmp = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert len([r for r in cmp["rows"] if r["test_set"] == "test_sketch"]) == 2
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["--templates", "a photo of a thing|another thing"], 2, "placeholder"),
+    (["--checkpoint", "clipaudit-tiny@/nonexistent/ckpt.pt"], 3, "does not exist"),
+    (["--test", "/nonexistent/test_set"], 3, "does not exist"),
+    (["--subset", "held=circle,unicorn"], 2, "unicorn"),
+])
+def test_bad_input_is_one_line_and_an_exit_code(collection, tmp_path, capsys, args, code, words):
+    base = {"--checkpoint": "clipaudit-tiny", "--test": str(collection / "test_natural"), "--out": str(tmp_path / "o")}
+    argv = ["evaluate", "--quiet"]
+    given = dict(zip(args[::2], args[1::2]))
+    for k, v in {**base, **given}.items():
+        argv += [k, v]
+    assert main(argv) == code
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]
+    assert len(err) == 1 and err[0].startswith("clipaudit evaluate: error:") and words in err[0]
