@@ -12,3 +12,7 @@ class TrainerSettings(ServiceSettings):
 
     grpc_port: int = SERVICE_PORTS["trainer"][0]
     metrics_port: int = SERVICE_PORTS["trainer"][1]
+
+    group: str = "trainer"        # Kafka consumer group of train-jobs.v1
+    out: str | None = None        # where jobs without spec.out write (default: <store>/trainer/<job id>)
+    publish: bool = True          # publish CheckpointWritten even when not consuming
