@@ -31,7 +31,8 @@ def cmd_train(args) -> int:
     h = _handler(args, **kw)
     result = h.train(args.emb, out=args.out, label_column=args.label_column, classes=args.classes.split(","),
                      seed=args.seed, head=args.head, default_precision=args.default_precision,
-                     strict_precision=args.strict_precision, keep_fraction=args.keep_fraction)
+                     strict_precision=args.strict_precision, keep_fraction=args.keep_fraction,
+                     min_threshold=args.min_threshold)
     summary = result.summary()
     if args.json:
         _print(summary)
@@ -109,6 +110,8 @@ def register(sub) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--default-precision", type=float, default=0.95, help="target precision of the default threshold")
     s.add_argument("--strict-precision", type=float, default=0.98, help="target precision of the strict threshold")
+    s.add_argument("--min-threshold", type=float, default=0.5,
+                   help="lowest score threshold considered (a head must find its class at least this likely)")
     s.add_argument("--model-spec", default=None, help="CLIP model for zero-shot prompts (must be the embedding model)")
     s.add_argument("--model-seed", type=int, default=0, help="init seed of a randomly initialised --model-spec")
     s.add_argument("--keep-fraction", type=float, default=0.5,

@@ -175,7 +175,7 @@ class ClassifierHandler:
     def train(self, embeddings: str, *, out: str, label_column: str | None = None,
               classes: Sequence[str] = logic.DEFAULT_CLASSES, seed: int = 0, head: str = "linear",
               default_precision: float = 0.95, strict_precision: float = 0.98, keep_fraction: float = 0.5,
-              l2: float = 1e-4) -> TrainResult:
+              l2: float = 1e-4, min_threshold: float = 0.5) -> TrainResult:
         with self._operation("train"):
             classes = [str(c).strip() for c in classes if str(c).strip()]
             for name, v in (("default precision", default_precision), ("strict precision", strict_precision)):
@@ -218,13 +218,13 @@ class ClassifierHandler:
             for level, target in zip(LEVELS, (default_precision, strict_precision)):
                 per = {}
                 for i, c in enumerate(classes):
-                    ch = logic.select_threshold(s_va[:, i], y[va] == i, target)
+                    ch = logic.select_threshold(s_va[:, i], y[va] == i, target, min_threshold=min_threshold)
                     if not ch.reachable:
                         warnings.append(f"{level} threshold for {c!r}: target precision {target} is unreachable on "
                                         f"the validation split; best reachable {ch.precision:.4f} "
                                         f"(threshold {ch.threshold:.4f}, recall {ch.recall:.4f})")
                     per[c] = ch.as_dict()
-                thresholds[level] = {"target_precision": target, "per_class": per}
+                thresholds[level] = {"target_precision": target, "min_threshold": min_threshold, "per_class": per}
             model = DomainClassifier(es.model_id, classes, heads, thresholds, training=training)
             model.validation = self._evaluate(model, s_va, y[va])
             model.test = self._evaluate(model, s_te, y[te])

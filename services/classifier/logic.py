@@ -273,17 +273,30 @@ def precision_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarra
     return s[last], tp[last] / k, tp[last] / n_pos, k
 
 
-def select_threshold(scores: np.ndarray, positive: np.ndarray, target_precision: float) -> ThresholdChoice:
-    """The smallest threshold t (rule: positive iff score >= t) whose precision on these
-    scores is >= ``target_precision``: of all thresholds meeting the target it keeps
-    the most positives. If none meets it, the threshold of the best reachable precision
-    (the smallest such threshold) with ``reachable=False``."""
-    if not 0 < target_precision < 1:
+def select_threshold(scores: np.ndarray, positive: np.ndarray, target_precision: float, *,
+                     min_threshold: float = 0.5) -> ThresholdChoice:
+    """The smallest threshold t >= ``min_threshold`` (rule: positive iff score >= t) whose
+    precision on these scores is >= ``target_precision``: of all thresholds meeting the
+    target it keeps the most positives. If none meets it, the threshold of the best
+    reachable precision (the smallest such threshold) with ``reachable=False``.
+
+    Candidates are the distinct scores. ``min_threshold`` (default 0.5: a head must at
+    least find its class more likely than not) keeps a small, clean validation split
+    from pulling the threshold deep into the other class's scores, where the target
+    precision is met only by spending the whole false-positive budget at once.
+    """
+    if not 0 < target_precision < 1 or math.isnan(target_precision):
         raise InvalidInput(f"target precision must be in (0, 1), got {target_precision}")
+    if not 0 <= min_threshold < 1:
+        raise InvalidInput(f"min_threshold must be in [0, 1), got {min_threshold}")
     positive = np.asarray(positive, dtype=bool)
     if len(scores) == 0 or not positive.any():
         raise InvalidInput("threshold selection needs held-out scores with at least one positive")
     t, prec, rec, k = precision_curve(scores, positive)
+    allowed = t >= min_threshold
+    if not allowed.any():
+        return ThresholdChoice(float(target_precision), float(min_threshold), 0.0, 0.0, 0, int(positive.sum()), False)
+    t, prec, rec, k = t[allowed], prec[allowed], rec[allowed], k[allowed]
     ok = np.flatnonzero(prec >= target_precision - 1e-12)
     reachable = len(ok) > 0
     if reachable:

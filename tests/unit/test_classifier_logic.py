@@ -34,7 +34,7 @@ def test_precision_curve_matches_hand_computation():
     (0.5, 0.4, 0.5, 1.0),
 ])
 def test_select_threshold_picks_the_smallest_threshold_meeting_the_target(target, threshold, precision, recall):
-    ch = logic.select_threshold(SCORES, LABELS, target)
+    ch = logic.select_threshold(SCORES, LABELS, target, min_threshold=0.0)
     assert ch.reachable
     assert (ch.threshold, ch.precision) == (threshold, pytest.approx(precision))
     assert ch.recall == pytest.approx(recall)
@@ -44,9 +44,9 @@ def test_tied_scores_are_one_threshold():
     scores = np.array([0.9, 0.7, 0.7, 0.7, 0.2])
     labels = np.array([1, 1, 0, 1, 0], bool)
     # t=0.9: 1/1; t=0.7: (1+2)/4 = 0.75 (the three tied rows go in together); t=0.2: 3/5
-    ch = logic.select_threshold(scores, labels, 0.7)
+    ch = logic.select_threshold(scores, labels, 0.7, min_threshold=0.0)
     assert (ch.threshold, ch.precision, ch.predicted_positive) == (0.7, 0.75, 4)
-    ch = logic.select_threshold(scores, labels, 0.8)
+    ch = logic.select_threshold(scores, labels, 0.8, min_threshold=0.0)
     assert (ch.threshold, ch.precision, ch.predicted_positive) == (0.9, 1.0, 1)
 
 
@@ -54,9 +54,19 @@ def test_unreachable_target_reports_the_best_reachable():
     scores = np.array([0.9, 0.8, 0.7, 0.6])
     labels = np.array([0, 1, 1, 0], bool)
     # t=0.9: 0/1  0.8: 1/2  0.7: 2/3  0.6: 2/4 -> best 2/3 at 0.7
-    ch = logic.select_threshold(scores, labels, 0.9)
+    ch = logic.select_threshold(scores, labels, 0.9, min_threshold=0.0)
     assert not ch.reachable
     assert ch.threshold == 0.7 and ch.precision == pytest.approx(2 / 3)
+
+
+def test_min_threshold_keeps_thresholds_out_of_the_other_class():
+    # without the floor, target 0.5 is met at t=0.4 (precision 3/6); with the default
+    # floor 0.5 only t in {0.9 .. 0.5} are candidates: smallest meeting 0.5 is 0.5 (3/5)
+    assert logic.select_threshold(SCORES, LABELS, 0.5, min_threshold=0.0).threshold == 0.4
+    ch = logic.select_threshold(SCORES, LABELS, 0.5)
+    assert (ch.threshold, ch.precision) == (0.5, pytest.approx(0.6))
+    ch = logic.select_threshold(SCORES, LABELS, 0.5, min_threshold=0.95)   # no score reaches the floor
+    assert not ch.reachable and ch.threshold == 0.95 and ch.predicted_positive == 0
 
 
 @pytest.mark.parametrize("bad", [0, 1, -0.1, 1.5, float("nan")])
@@ -157,9 +167,9 @@ def _clusters(n, seed, noise=0.3, dim=16):
 
 @pytest.mark.parametrize("kind", ["linear", "mlp"])
 def test_heads_learn_separable_domains_deterministically(kind):
-    x, y = _clusters(600, 0)
-    h1 = logic.fit_heads(x, y, 2, kind=kind, seed=1)
-    h2 = logic.fit_heads(x, y, 2, kind=kind, seed=1)
+    x, y = _clusters(300, 0)
+    h1 = logic.fit_heads(x, y, 2, kind=kind, seed=1, steps=150)
+    h2 = logic.fit_heads(x, y, 2, kind=kind, seed=1, steps=150)
     for k in h1.weights:
         assert np.array_equal(h1.weights[k], h2.weights[k])
     xt, yt = _clusters(400, 1)
