@@ -11,7 +11,6 @@ from services.evaluator.settings import EvaluatorSettings
 
 
 def build(rt: Runtime) -> ServiceParts:
-    from clipaudit.bus import TOPIC_CHECKPOINTS
     from clipaudit.events.v1 import events_pb2
     from services.evaluator.grpc_api import SERVICE_NAME, registration
     from services.evaluator.handler import Evaluator
@@ -20,8 +19,9 @@ def build(rt: Runtime) -> ServiceParts:
     settings: EvaluatorSettings = rt.settings  # type: ignore[assignment]
     metrics = EvaluatorMetrics(rt.registry)
     handler = Evaluator(publisher=rt.bus if settings.consume else None, metrics=metrics,
-                        reports_prefix=settings.reports_prefix, device=settings.device, out_store=rt.store)
-    workers = [WorkerSpec([TOPIC_CHECKPOINTS], settings.consumer_group, events_pb2.CheckpointWritten.FromString,
+                        reports_prefix=settings.reports_prefix, device=settings.device, out_store=rt.store,
+                        reports_topic=settings.reports_topic)
+    workers = [WorkerSpec([settings.checkpoints_topic], settings.consumer_group, events_pb2.CheckpointWritten.FromString,
                           handler.on_checkpoint)]
     return ServiceParts(registrations=[registration(handler)], service_names=[SERVICE_NAME], workers=workers)
 

@@ -135,7 +135,7 @@ class Evaluator:
 
     def __init__(self, *, open_out: Callable[[str], Store] | None = None, open_location: Callable | None = None,
                  publisher=None, metrics=None, reports_prefix: str = "reports", device: str = "cpu",
-                 out_store: Store | None = None):
+                 out_store: Store | None = None, reports_topic: str | None = None):
         self.open_out = open_out or (lambda loc: open_store(loc))
         self.open_location = open_location      # settings-aware opener for test sets (None: default)
         self.publisher = publisher
@@ -143,6 +143,7 @@ class Evaluator:
         self.reports_prefix = reports_prefix
         self.device = device
         self.out_store = out_store
+        self.reports_topic = reports_topic
 
     # ------------------------------------------------------------------ evaluate
 
@@ -410,7 +411,7 @@ class Evaluator:
                                  "spec": item.get("spec") or {}})
             refs.append(ref)
             if self.publisher is not None:
-                self.publisher.publish(TOPIC_REPORTS, event.job_id, events_pb2.ReportWritten(
+                self.publisher.publish(self.reports_topic or TOPIC_REPORTS, event.job_id, events_pb2.ReportWritten(
                     job_id=event.job_id, report=common_pb2.ObjectRef(uri=ref.uri, sha256=ref.sha256, rows=ref.rows,
                                                                      size_bytes=ref.size_bytes)))
                 self.publisher.flush()

@@ -14,4 +14,6 @@ class EvaluatorSettings(ServiceSettings):
     metrics_port: int = SERVICE_PORTS["evaluator"][1]
     device: str = "cpu"                    # default device of evaluations ("cuda" on a GPU node)
     consumer_group: str = "evaluator"      # Kafka group consuming checkpoints.v1
+    checkpoints_topic: str = "checkpoints.v1"   # in: CheckpointWritten
+    reports_topic: str = "reports.v1"           # out: ReportWritten
     reports_prefix: str = "reports"        # under `store`: reports/<job>/step-<n>/<name>/ when an event names no out
