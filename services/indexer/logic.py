@@ -83,8 +83,14 @@ def canonical_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _to_device(x: np.ndarray, device: torch.device) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    return t.to(device, non_blocking=True) if device.type != "cpu" else t
+    """float32 on the device; float16 blocks travel as float16 and widen there (exact)."""
+    x = np.ascontiguousarray(x)
+    if x.dtype not in (np.float16, np.float32):
+        x = x.astype(np.float32)
+    t = torch.from_numpy(x)
+    if device.type != "cpu":
+        t = t.to(device)
+    return t.float() if t.dtype != torch.float32 else t
 
 
 # -- bulk nearest-neighbour similarity -------------------------------------------------
@@ -278,7 +284,7 @@ def matched_thresholds(
     for block in ref_blocks:
         if len(block) == 0:
             continue
-        block32 = np.ascontiguousarray(block, dtype=np.float32)
+        block32 = np.asarray(block)   # rows picked for the canonical recheck are read from here
         r = _to_device(block32, dev)
         for s in range(0, m, test_block):
             rows = slice(s, min(m, s + test_block))
@@ -331,7 +337,7 @@ def matched_prune_masks(
     stats.setdefault("rechecked", 0)
     buf = SimilarityBuffer(dev)
     for block in train_blocks:
-        x32 = np.ascontiguousarray(block, dtype=np.float32)
+        x32 = np.asarray(block)
         removed = np.zeros((len(x32), len(sets)), dtype=bool)
         if len(x32) == 0:
             yield removed

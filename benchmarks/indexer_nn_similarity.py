@@ -1,0 +1,179 @@
+"""Exact bulk NN similarity: throughput vs the device's matrix-product ceiling for the
+same shapes and vs faiss IndexFlatIP.search(k=1), and peak RSS as the reference grows.
+
+    python benchmarks/indexer_nn_similarity.py                 # 20k x 1M x 512, RSS at 1M and 4M (CPU)
+    python benchmarks/indexer_nn_similarity.py --quick         # 2k x 100k, RSS at 100k and 400k
+    python benchmarks/indexer_nn_similarity.py --device cuda   # on the GPU (no faiss comparison there)
+
+Prints one JSON object. Never fails on speed. Timings on a shared machine are noisy:
+compare the ratios, which are measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def unit_rows(rng, n, d, dtype=np.float16, chunk=100_000):
+    out = np.empty((n, d), dtype)
+    for s in range(0, n, chunk):
+        x = rng.standard_normal((min(chunk, n - s), d), dtype=np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        out[s:s + len(x)] = x
+    return out
+
+
+def matmul_ceiling(torch, dev, qb, rb, d, seconds=3.0):
+    """GFLOP/s of the bare float32 product of one (qb x d) by (d x rb) block, repeated."""
+    a = torch.randn(qb, d, device=dev)
+    b = torch.randn(rb, d, device=dev)
+    out = torch.empty(qb, rb, device=dev)
+    for _ in range(2):
+        torch.mm(a, b.T, out=out)
+    sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
+    sync()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.mm(a, b.T, out=out)
+        n += 1
+        if dev.type == "cuda" and n % 20:
+            continue
+        sync()
+    sync()
+    dt = time.perf_counter() - t0
+    return 2.0 * qb * rb * d * n / dt / 1e9
+
+
+def rss_child(refs: int, dim: int, queries: int, block: int) -> dict:
+    """Peak RSS of a fresh process scanning an on-disk embedding set of ``refs`` vectors
+    through the handler (parts -> validated blocks -> nn_similarity). The sets are
+    written by another process first, so only the scan counts."""
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    d = tempfile.mkdtemp(prefix="idxbench-")
+    try:
+        subprocess.run([sys.executable, "-c", f"""
+import sys; sys.path.insert(0, {str(ROOT)!r})
+from benchmarks.indexer_nn_similarity import write_set_streaming
+write_set_streaming({d!r} + '/ref', {refs}, {dim}, seed=1)
+write_set_streaming({d!r} + '/q', {queries}, {dim}, seed=2)
+"""], env=env, check=True)
+        out = subprocess.run([sys.executable, "-c", f"""
+import resource, sys, time
+sys.path.insert(0, {str(ROOT)!r})
+from services.indexer.handler import IndexerHandler
+from clipaudit.store import open_store
+h = IndexerHandler(open_store({d!r} + '/store'), device='cpu', ref_block={block})
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+h.similarity({d!r} + '/q', {d!r} + '/ref', {d!r} + '/out.parquet')
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, base, time.perf_counter() - t0)
+"""], capture_output=True, text=True, env=env, check=True)
+    finally:
+        import shutil
+
+        shutil.rmtree(d, ignore_errors=True)
+    peak_kb, base_kb, dt = out.stdout.split()
+    return {"refs": refs, "peak_rss_mib": int(peak_kb) / 1024, "rss_after_imports_mib": int(base_kb) / 1024,
+            "reference_bytes_mib": refs * dim * 2 / 2**20, "seconds": float(dt)}
+
+
+def write_set_streaming(path: str, n: int, dim: int, seed: int, part_rows: int = 100_000) -> None:
+    """An embedding set written part by part (never all in memory)."""
+    import pandas as pd
+
+    from clipaudit.embeddings import EmbeddingSetWriter
+
+    rng = np.random.default_rng(seed)
+    w = EmbeddingSetWriter(path, model_id="bench", dim=dim, dtype="float16")
+    for p, s in enumerate(range(0, n, part_rows)):
+        m = min(part_rows, n - s)
+        w.write_part(str(p), unit_rows(rng, m, dim), pd.DataFrame({"key": [f"r{s + i}" for i in range(m)]}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--queries", type=int, default=20_000)
+    ap.add_argument("--refs", type=int, default=1_000_000)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--query-block", type=int, default=4096)
+    ap.add_argument("--ref-block", type=int, default=16384)
+    ap.add_argument("--rss-refs", default="1000000,4000000", help="reference sizes for the peak-RSS runs ('' to skip)")
+    ap.add_argument("--rss-queries", type=int, default=1000)
+    ap.add_argument("--no-faiss", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="2k x 100k; RSS at 100k and 400k")
+    args = ap.parse_args()
+    if args.quick:
+        args.queries, args.refs, args.rss_refs = 2000, 100_000, "100000,400000"
+
+    import torch
+
+    from services.indexer import logic
+
+    dev = logic.resolve_device(args.device)
+    rng = np.random.default_rng(0)
+    q = unit_rows(rng, args.queries, args.dim).astype(np.float32)
+    r = unit_rows(rng, args.refs, args.dim)   # float16, as embedding sets store them
+    flops = 2.0 * args.queries * args.refs * args.dim
+    qb, rb = min(args.query_block, args.queries), min(args.ref_block, args.refs)
+    result = {"benchmark": "indexer_nn_similarity", "device": str(dev), "queries": args.queries,
+              "refs": args.refs, "dim": args.dim, "query_block": qb, "ref_block": rb,
+              "torch_threads": torch.get_num_threads(), "loadavg_before": os.getloadavg()}
+    if dev.type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name(0)
+
+    ceiling = matmul_ceiling(torch, dev, qb, rb, args.dim)
+    result["matmul_ceiling_gflops"] = ceiling
+
+    def ref_blocks():
+        for s in range(0, len(r), rb):
+            yield r[s:s + rb]
+
+    logic.nn_similarity(q[:qb], (r[:rb],), 1, device=dev, query_block=qb)  # warm-up
+    t0 = time.perf_counter()
+    sims, pos = logic.nn_similarity(q, ref_blocks(), 1, device=dev, query_block=qb)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    ours = time.perf_counter() - t0
+    result["ours_seconds"] = ours
+    result["ours_gflops"] = flops / ours / 1e9
+    result["ratio_to_matmul_ceiling"] = result["ours_gflops"] / ceiling
+
+    if not args.no_faiss and dev.type == "cpu":
+        import faiss
+
+        faiss.omp_set_num_threads(torch.get_num_threads())
+        index = faiss.IndexFlatIP(args.dim)
+        for s in range(0, len(r), 100_000):
+            index.add(np.ascontiguousarray(r[s:s + 100_000], dtype=np.float32))
+        t0 = time.perf_counter()
+        fs, fi = index.search(q, 1)
+        ft = time.perf_counter() - t0
+        result["faiss_flatip_seconds"] = ft
+        result["speedup_vs_faiss_flatip"] = ft / ours
+        result["top1_agreement_with_faiss"] = float((fi[:, 0] == pos[:, 0]).mean())
+        result["max_abs_sim_diff_vs_faiss"] = float(np.abs(fs[:, 0] - sims[:, 0]).max())
+        del index
+    del r
+    if args.rss_refs:
+        result["peak_rss"] = [rss_child(int(n), args.dim, args.rss_queries, args.ref_block)
+                              for n in args.rss_refs.split(",") if n]
+    result["loadavg_after"] = os.getloadavg()
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
