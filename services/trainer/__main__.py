@@ -2,12 +2,12 @@
 
 Serves gRPC (SubmitJob/GetJob/WatchJob/CancelJob), consumes ``train-jobs.v1``
 (each event runs to its end before its offset is committed) and publishes
-``checkpoints.v1`` when a job wrote its final checkpoint. One job at a time.
+``checkpoints.v1`` when a job wrote its final checkpoint (topics configurable in
+:class:`TrainerSettings`). One job at a time.
 """
 
 from __future__ import annotations
 
-from clipaudit.bus import TOPIC_CHECKPOINTS, TOPIC_TRAIN_JOBS
 from clipaudit.rpc.runtime import Runtime, ServiceParts, WorkerSpec, run_service
 from services.trainer.settings import TrainerSettings
 
@@ -25,10 +25,10 @@ def build(rt: Runtime) -> ServiceParts:
         publisher=rt.bus if settings.consume or settings.publish else None,
         metrics=TrainerMetrics(rt.registry),
         default_out=settings.out or settings.store,
-        checkpoint_topic=TOPIC_CHECKPOINTS,
+        checkpoint_topic=settings.checkpoints_topic,
     ).start()
     regs, names = registrations(jobs)
-    workers = [WorkerSpec([TOPIC_TRAIN_JOBS], settings.group, events_pb2.TrainJobRequested.FromString,
+    workers = [WorkerSpec([settings.jobs_topic], settings.group, events_pb2.TrainJobRequested.FromString,
                           jobs.on_train_job_requested)]
     return ServiceParts(registrations=regs, service_names=names, workers=workers, on_stop=[jobs.stop])
 

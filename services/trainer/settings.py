@@ -16,3 +16,5 @@ class TrainerSettings(ServiceSettings):
     group: str = "trainer"        # Kafka consumer group of train-jobs.v1
     out: str | None = None        # where jobs without spec.out write (default: <store>/trainer/<job id>)
     publish: bool = True          # publish CheckpointWritten even when not consuming
+    jobs_topic: str = "train-jobs.v1"          # clipaudit.bus.TOPIC_TRAIN_JOBS
+    checkpoints_topic: str = "checkpoints.v1"  # clipaudit.bus.TOPIC_CHECKPOINTS
