@@ -27,7 +27,8 @@ def build(rt: Runtime) -> ServiceParts:
         from services.classifier.cli import text_embedder
 
         text = text_embedder(s.text_model_spec, seed=s.text_model_seed)
-    handler = ClassifierHandler(rt.store, rt.bus, ClassifierMetrics(rt.registry), worker_model=s.model or None, **text)
+    handler = ClassifierHandler(rt.store, rt.bus, ClassifierMetrics(rt.registry), worker_model=s.model or None,
+                                worker_dataset_prefix=s.consume_dataset_prefix, **text)
     workers = []
     if s.model:
         workers.append(WorkerSpec([TOPIC_EMBEDDINGS], s.consumer_group, events_pb2.EmbeddingsWritten.FromString,

@@ -121,13 +121,15 @@ class ClassifyResult:
 
 class ClassifierHandler:
     def __init__(self, store=None, publisher=None, metrics=None, *, embed_texts: EmbedTexts | None = None,
-                 text_model_id: str | None = None, worker_model: str | None = None, progress: bool = False):
+                 text_model_id: str | None = None, worker_model: str | None = None, worker_dataset_prefix: str = "",
+                 progress: bool = False):
         self.store = store                  # outputs of the bus worker (labels/...)
         self.publisher = publisher
         self.metrics = metrics
         self.embed_texts = embed_texts
         self.text_model_id = text_model_id
         self.worker_model = worker_model
+        self.worker_dataset_prefix = worker_dataset_prefix   # the worker labels only datasets under it
         self.progress = progress
         self._models: dict[str, DomainClassifier] = {}
 
@@ -146,10 +148,14 @@ class ClassifierHandler:
             if self.metrics is not None:
                 self.metrics.latency.labels(name).observe(time.perf_counter() - t0)
 
-    def _count(self, operation: str, level: str, model: DomainClassifier, decisions: np.ndarray) -> None:
+    def _count(self, operation: str, level: str, model: DomainClassifier, decisions: np.ndarray,
+               vectors: bool = True) -> None:
+        """Per-domain decision counts; ``vectors=False`` for a second threshold level of
+        the same vectors (each vector is counted as classified once)."""
         if self.metrics is None:
             return
-        self.metrics.vectors.labels(operation).inc(len(decisions))
+        if vectors:
+            self.metrics.vectors.labels(operation).inc(len(decisions))
         counts = np.bincount(decisions + 1, minlength=len(model.classes) + 1)
         for name, n in zip([logic.AMBIGUOUS_NAME] + model.classes, counts):
             if n:
@@ -349,9 +355,9 @@ class ClassifierHandler:
                     vals = meta[gt_col].astype(str).map(lambda s: gt_map.get(s)).to_numpy()
                     index = {c: i for i, c in enumerate(m.classes)}
                     y_true = np.array([index.get(v, -1) if v is not None else -1 for v in vals])
-                for lv in levels:
+                for j, lv in enumerate(levels):
                     d = logic.decide(scores, thr[lv])
-                    self._count("report", lv, m, d)
+                    self._count("report", lv, m, d, vectors=j == 0)
                     for g, mask in groups:
                         h = np.bincount(d[mask] + 1, minlength=K + 1)
                         counts[lv][g] = counts[lv].get(g, 0) + h
@@ -463,6 +469,10 @@ class ClassifierHandler:
         from clipaudit.embeddings import _npy_load
         from clipaudit.events.v1 import events_pb2
 
+        if not event.dataset.startswith(self.worker_dataset_prefix):
+            log.debug("skipping shard %s of dataset %s (not under %r)", event.shard_id, event.dataset,
+                      self.worker_dataset_prefix)
+            return None
         with self._operation("label_shard"):
             if not self.worker_model:
                 raise FailedPrecondition("the classifier worker has no model configured (CLIPAUDIT_CLASSIFIER_MODEL)")
@@ -489,9 +499,9 @@ class ClassifierHandler:
             for i, c in enumerate(m.classes):
                 table[f"p_{c}"] = scores[:, i]
             names = np.array(m.classes + [logic.AMBIGUOUS_NAME], dtype=object)
-            for level in m.thresholds:
+            for j, level in enumerate(m.thresholds):
                 d = logic.decide(scores, m.threshold_vector(level)[1])
-                self._count("label_shard", level, m, d)
+                self._count("label_shard", level, m, d, vectors=j == 0)
                 table[f"decision_{level}"] = names[d]        # -1 -> last name, "ambiguous"
             buf = io.BytesIO()
             pd.DataFrame(table).to_parquet(buf, index=False)

@@ -18,3 +18,5 @@ class ClassifierSettings(ServiceSettings):
     text_model_spec: str = ""
     text_model_seed: int = 0
     consumer_group: str = "classifier"
+    # Label only shards whose dataset starts with this (empty: every dataset).
+    consume_dataset_prefix: str = ""

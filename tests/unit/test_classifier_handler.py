@@ -263,7 +263,7 @@ def test_worker_labels_a_shard_and_dead_letters_another_models_shard(separable, 
     labels = pd.read_parquet(io.BytesIO(store.get_bytes(key)))
     assert labels["key"].tolist() == [f"k{i}" for i in range(5)]
     assert labels["decision_strict"].tolist() == ["natural", "rendition", "rendition", "natural", "rendition"]
-    assert registry.get_sample_value("clipaudit_classifier_vectors_total", {"operation": "label_shard"}) == 10
+    assert registry.get_sample_value("clipaudit_classifier_vectors_total", {"operation": "label_shard"}) == 5
     # embeddings of another model: dead-lettered, nothing written, nothing published
     bad = _embeddings_event(store, "synth/test", "test-000001", x, [f"j{i}" for i in range(5)], "ViT-B-32@other")
     assert not handle_one(_msg(bad), events_pb2.EmbeddingsWritten.FromString, h.label_shard, bus,
