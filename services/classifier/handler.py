@@ -292,9 +292,8 @@ class ClassifierHandler:
             m = self.load_model(model) if isinstance(model, str) else model
             vectors = np.asarray(vectors)
             self._require_model_of(m, embedding_model_id, vectors.shape[1] if vectors.ndim == 2 else None, "the request")
-            x = logic.check_embeddings(vectors, dim=m.dim, what="vectors")
             level, thr = m.threshold_vector(threshold)
-            scores = m.heads.scores(x)
+            scores = m.heads.scores(vectors, check=True, what="vectors")
             d = logic.decide(scores, thr)
             self._count(operation, level, m, d)
             return ClassifyResult(list(m.classes), scores, d, level, thr)
@@ -309,8 +308,7 @@ class ClassifierHandler:
         for part in tqdm(es.parts, desc="classifying parts", disable=not show, unit="part"):
             v = es.load_vectors(part)
             meta = es.load_metadata(part, columns=[c for c in ["key", *columns] if c])
-            x = logic.check_embeddings(v, dim=m.dim, what=f"{es.uri()} part {part}")
-            yield meta, m.heads.scores(x)
+            yield meta, m.heads.scores(v, check=True, what=f"{es.uri()} part {part}")
 
     # -- report --------------------------------------------------------------------------------
 
@@ -493,8 +491,7 @@ class ClassifierHandler:
             meta = pd.read_parquet(io.BytesIO(read_object(event.metadata.uri)), columns=["key"])
             if len(meta) != len(vectors):
                 raise InvalidInput(f"shard {event.shard_id}: {len(vectors)} vectors but {len(meta)} metadata rows")
-            x = logic.check_embeddings(vectors, dim=m.dim, what=f"shard {event.shard_id}")
-            scores = m.heads.scores(x)
+            scores = m.heads.scores(vectors, check=True, what=f"shard {event.shard_id}")
             table = {"key": meta["key"].astype(str).to_numpy()}
             for i, c in enumerate(m.classes):
                 table[f"p_{c}"] = scores[:, i]

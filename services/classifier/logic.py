@@ -153,12 +153,33 @@ class DomainHeads:
         out += w["b2"]
         return out
 
-    def scores(self, x: np.ndarray, block_rows: int = 1 << 16) -> np.ndarray:
+    def scores(self, x: np.ndarray, block_rows: int = 1 << 16, *, check: bool = False,
+               what: str = "vectors") -> np.ndarray:
         """Per-class probabilities (float32, n x K), computed block by block so a
-        float16 set larger than memory in float32 streams through."""
+        float16 set larger than memory in float32 streams through.
+
+        ``check=True`` validates each block on the way (one float32 conversion for both):
+        a non-finite squared norm means a NaN/inf row, a zero norm a zero row (both
+        refused with the row index); rows off unit norm by more than 1e-2 are re-normalised.
+        """
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise InvalidInput(f"{what}: expected rows of dimension {self.dim}, got shape {x.shape}")
+        if check and not np.issubdtype(x.dtype, np.floating):
+            raise InvalidInput(f"{what}: expected floats, got {x.dtype}")
         out = np.empty((len(x), self.n_classes), dtype=np.float32)
         for s in range(0, len(x), block_rows):
-            z = self.logits(np.asarray(x[s:s + block_rows], dtype=np.float32))
+            xb = np.asarray(x[s:s + block_rows], dtype=np.float32)
+            if check:
+                sq = np.einsum("ij,ij->i", xb, xb)
+                bad = ~np.isfinite(sq)
+                if bad.any():
+                    raise InvalidInput(f"{what}: row {s + int(np.argmax(bad))} contains NaN or inf")
+                if (sq == 0).any():
+                    raise InvalidInput(f"{what}: row {s + int(np.argmax(sq == 0))} is a zero vector (no direction)")
+                if np.abs(sq - 1).max() > 2e-2:
+                    xb = xb / np.sqrt(sq)[:, None]
+            z = self.logits(xb)
             np.negative(z, out=z)
             np.exp(z, out=z)
             z += 1.0
