@@ -324,6 +324,10 @@ class ClassifierHandler:
             self._require_model_of(m, es.model_id, es.dim, f"embedding set {es.uri()}")
             if nominal is not None and nominal not in m.classes:
                 raise InvalidInput(f"unknown nominal domain {nominal!r}; choose {' | '.join(m.classes)}")
+            nominal_source = "given" if nominal else None
+            if nominal is None:   # a set named like its domain (".../test_sketch") claims it
+                nominal = nominal_domain_of(es.uri().rstrip("/").rsplit("/", 1)[-1], m.classes)
+                nominal_source = "set name" if nominal else None
             available = list(es.load_metadata(es.parts[0]).columns)
             wanted = list(columns) if columns is not None else list(REPORT_COLUMNS)
             unknown = [c for c in wanted if c not in available and columns is not None]
@@ -368,6 +372,7 @@ class ClassifierHandler:
                 "thresholds": {lv: {c: float(t) for c, t in zip(m.classes, thr[lv])} for lv in levels},
                 "correction": "Rogan-Gladen with the classifier's decision rates on its held-out test split",
                 "ground_truth_column": gt_col,
+                "nominal_domain": nominal, "nominal_source": nominal_source,
                 "overall": self._group_report(m, counts, truth, ("__all__", "__all__"), nominal),
                 "by": {},
             }
