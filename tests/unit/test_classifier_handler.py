@@ -87,6 +87,7 @@ def test_separable_report_recovers_the_planted_contamination_within_the_wilson_c
     d, h, _ = separable
     rep = h.report(str(d / "test"), str(d / "m.json"))
     assert rep["n"] == 8000 and set(rep["by"]["split"]) == {"test_natural", "test_sketch"}
+    assert rep["nominal_domain"] is None and "contamination" not in rep["overall"]["strict"]   # "test" claims no domain
     for split, nominal in (("test_sketch", "rendition"), ("test_natural", "natural")):
         g = rep["by"]["split"][split]
         assert g["nominal_domain"] == nominal
@@ -162,6 +163,14 @@ def test_unreachable_target_is_reported_with_the_best_reachable(tmp_path):
     ch = s["thresholds"]["strict"]["per_class"]["rendition"]
     assert not ch["reachable"] and ch["precision"] < 0.999
     assert any("unreachable" in w and "best reachable" in w for w in s["warnings"])
+
+
+def test_a_set_named_like_a_domain_claims_it(separable, tmp_path):
+    d, h, _ = separable
+    write_test_sets(tmp_path / "test_painting", n=400, seed=5)
+    rep = h.report(str(tmp_path / "test_painting"), str(d / "m.json"), columns=[])
+    assert (rep["nominal_domain"], rep["nominal_source"]) == ("rendition", "set name")
+    assert rep["overall"]["strict"]["contamination"]["n"] == 800 and rep["by"] == {}
 
 
 def test_nominal_domain_from_split_names():
