@@ -214,9 +214,16 @@ class DomainHeads:
 
 
 def fit_heads(x: np.ndarray, y: np.ndarray, n_classes: int, *, kind: str = "linear", seed: int = 0,
-              l2: float = 1e-4, hidden: int = 64, steps: int = 400, lr: float = 0.05) -> DomainHeads:
+              l2: float = 1e-4, hidden: int = 64, steps: int = 400, lr: float = 0.05,
+              balanced: bool = True) -> DomainHeads:
     """Train one-vs-rest heads (class c vs every other class) by full-batch Adam on the
     binary cross-entropy summed over heads and averaged over rows, + ``l2``/2 * ||W||^2.
+
+    Features are standardised on the training rows (CLIP embeddings of one model are
+    often nearly collinear: the domain signal lives in directions of tiny variance) and
+    the standardisation is folded back into the first layer, so the stored heads apply
+    to raw unit vectors. ``balanced``: each head weighs its positives and negatives
+    equally (so a score of 0.5 means "as likely as not" whatever the class mix).
 
     Plain numpy (no torch.optim, whose first use imports the whole compiler stack):
     seeded and deterministic on CPU. The linear head starts at zero, the MLP's first
@@ -228,7 +235,15 @@ def fit_heads(x: np.ndarray, y: np.ndarray, n_classes: int, *, kind: str = "line
     rng = np.random.default_rng(seed)
     x = np.ascontiguousarray(x, dtype=np.float32)
     n, d = x.shape
+    mu = x.mean(axis=0)
+    sigma = np.maximum(x.std(axis=0), 1e-6)
+    x = (x - mu) / sigma
     target = np.eye(n_classes, dtype=np.float32)[np.asarray(y, dtype=np.int64)]
+    if balanced:
+        pos = target.sum(axis=0)
+        row_w = np.where(target > 0, n / (2 * np.maximum(pos, 1)), n / (2 * np.maximum(n - pos, 1))).astype(np.float32)
+    else:
+        row_w = np.ones_like(target)
     if kind == "linear":
         params = {"W": np.zeros((d, n_classes), np.float32), "b": np.zeros(n_classes, np.float32)}
     else:
@@ -245,7 +260,7 @@ def fit_heads(x: np.ndarray, y: np.ndarray, n_classes: int, *, kind: str = "line
         else:
             h = np.maximum(x @ params["W1"] + params["b1"], 0)
             z = h @ params["W2"] + params["b2"]
-        g_z = (1.0 / (1.0 + np.exp(-z)) - target) / n
+        g_z = (1.0 / (1.0 + np.exp(-z)) - target) * row_w / n
         if kind == "linear":
             grads = {"W": x.T @ g_z + l2 * params["W"], "b": g_z.sum(axis=0)}
         else:
@@ -259,6 +274,11 @@ def fit_heads(x: np.ndarray, y: np.ndarray, n_classes: int, *, kind: str = "line
             m2[k] = beta2 * m2[k] + (1 - beta2) * g * g
             step = lr * (m1[k] / (1 - beta1 ** t)) / (np.sqrt(m2[k] / (1 - beta2 ** t)) + eps)
             params[k] = (params[k] - step).astype(np.float32)
+    # fold the standardisation into the first layer: ((x - mu) / sigma) W + b = x W' + b'
+    first, bias = ("W", "b") if kind == "linear" else ("W1", "b1")
+    w_raw = params[first] / sigma[:, None]
+    params[bias] = (params[bias] - mu @ w_raw).astype(np.float32)
+    params[first] = w_raw.astype(np.float32)
     return DomainHeads(kind, params)
 
 
