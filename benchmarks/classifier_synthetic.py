@@ -8,7 +8,8 @@ threshold and the recovered test-set contamination against the planted ground tr
 Steps: generate the collection (``clipaudit.synth.generate``), embed the train split and
 every ``test_*`` split with the tiny CLIP (random init, the test/demo default; a real
 run passes ``--model ViT-B-32@/ckpt.pt``), train the classifier on the train split's
-``domain_group`` labels, then report every test split. The synthetic collection plants
+``domain`` labels (every style maps to rendition; the model keeps each style's held-out
+error rates), then report every test split. The synthetic collection plants
 ``test_contamination`` (5%) images of the other domain group in each test set, and its
 ``domain_group`` column says which ones: that is the ground truth the report's
 contamination is compared with. "Recovered" = the planted share lies inside the 95% CI
@@ -38,6 +39,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="clipaudit-tiny")
     p.add_argument("--head", default="linear", choices=["linear", "mlp"])
+    p.add_argument("--label-column", default="domain",
+                   help="domain (styles map to rendition; per-style error rates) or domain_group")
     p.add_argument("--work", default=None, help="work directory (default: a temporary one)")
     p.add_argument("--quick", action="store_true", help="preset tiny")
     p.add_argument("--out", default=None)
@@ -70,7 +73,8 @@ def main(argv=None) -> int:
 
     h = ClassifierHandler()
     t0 = time.perf_counter()
-    trained = h.train(sets["train"], out=str(work / "domains.json"), label_column="domain_group", head=args.head,
+    trained = h.train(sets["train"], out=str(work / "domains.json"), label_column=args.label_column, head=args.head,
+                      classes=["natural", "rendition"],
                       seed=args.seed)
     t_train = time.perf_counter() - t0
     summary = trained.summary()
@@ -101,7 +105,7 @@ def main(argv=None) -> int:
         contamination[split] = row
     result = {
         "benchmark": "classifier_synthetic", "preset": args.preset, "seed": args.seed, "model": args.model,
-        "head": args.head, "loadavg": os.getloadavg(), "torch_threads": torch.get_num_threads(),
+        "head": args.head, "label_column": args.label_column, "loadavg": os.getloadavg(), "torch_threads": torch.get_num_threads(),
         "seconds": {"generate": t_gen, "embed": t_embed, "train": t_train},
         "classifier_id": summary["classifier_id"], "training_rows": trained.model.training.get("rows"),
         "validation_thresholds": validation,

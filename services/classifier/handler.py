@@ -70,6 +70,14 @@ def nominal_domain_of(name: str, classes: Sequence[str]) -> str | None:
     return None
 
 
+def claimed_value(name: str, mapping: dict) -> str | None:
+    """The original label value (e.g. ``painting``) a set or split name claims, if the
+    classifier was trained on a column with such values (``test_painting`` -> painting)."""
+    tokens = re.split(r"[^a-z0-9\-]+", name.lower())
+    hits = [v for v in mapping if v.lower() in tokens]
+    return hits[0] if len(hits) == 1 else None
+
+
 def _finite(o):
     """NaN/inf -> None, recursively (the model file and reports are strict JSON)."""
     if isinstance(o, dict):
@@ -234,6 +242,9 @@ class ClassifierHandler:
             model = DomainClassifier(es.model_id, classes, heads, thresholds, training=training)
             model.validation = self._evaluate(model, s_va, y[va])
             model.test = self._evaluate(model, s_te, y[te])
+            if label_column and any(k != v for k, v in training["label_mapping"].items()):
+                values = meta[label_column].astype(str).to_numpy()[rows][te]
+                model.test["by_value"] = self._rates_by_value(model, s_te, values)
             model.thresholds, model.validation, model.test, model.training = (
                 _finite(model.thresholds), _finite(model.validation), _finite(model.test), _finite(model.training))
             store, key = open_object(out)
@@ -270,6 +281,21 @@ class ClassifierHandler:
                 "pseudo_label_counts": {classes[k]: v for k, v in zs.counts.items()},
                 "kept": int(len(zs.indices))}
         return zs.indices, zs.labels, info
+
+    @staticmethod
+    def _rates_by_value(model: DomainClassifier, scores: np.ndarray, values: np.ndarray) -> dict:
+        """Per original label value (each rendition style) and level: the share of its
+        held-out rows decided as each class — a style's own error rates, which the
+        report uses for a test set of that style instead of the class average."""
+        out: dict[str, Any] = {}
+        for level in model.thresholds:
+            d = logic.decide(scores, model.threshold_vector(level)[1])
+            out[level] = {}
+            for v in np.unique(values):
+                mask = values == v
+                out[level][str(v)] = {"n": int(mask.sum()),
+                                      **{c: float((d[mask] == i).mean()) for i, c in enumerate(model.classes)}}
+        return out
 
     @staticmethod
     def _evaluate(model: DomainClassifier, scores: np.ndarray, y: np.ndarray) -> dict:
@@ -373,14 +399,17 @@ class ClassifierHandler:
                 "correction": "Rogan-Gladen with the classifier's decision rates on its held-out test split",
                 "ground_truth_column": gt_col,
                 "nominal_domain": nominal, "nominal_source": nominal_source,
-                "overall": self._group_report(m, counts, truth, ("__all__", "__all__"), nominal),
+                "overall": self._group_report(m, counts, truth, ("__all__", "__all__"), nominal,
+                                              claimed_value(es.uri().rstrip("/").rsplit("/", 1)[-1], gt_map)
+                                              if nominal_source == "set name" else None),
                 "by": {},
             }
             for col in by:
                 report["by"][col] = {}
                 for g in sorted(k for k in counts[levels[0]] if k[0] == col):
                     nom = nominal_domain_of(g[1], m.classes) if col == "split" else None
-                    report["by"][col][g[1]] = self._group_report(m, counts, truth, g, nom)
+                    value = claimed_value(g[1], gt_map) if nom else None
+                    report["by"][col][g[1]] = self._group_report(m, counts, truth, g, nom, value)
             report = _finite(report)
             if out:
                 import json
@@ -391,10 +420,14 @@ class ClassifierHandler:
             return report
 
     @staticmethod
-    def _group_report(m: DomainClassifier, counts, truth, g, nominal: str | None) -> dict:
+    def _group_report(m: DomainClassifier, counts, truth, g, nominal: str | None, value: str | None = None) -> dict:
         K = len(m.classes)
         names = [logic.AMBIGUOUS_NAME] + m.classes
-        out: dict[str, Any] = {"nominal_domain": nominal}
+        by_value = m.test.get("by_value", {})
+        if value is not None and (m.training.get("label_mapping", {}).get(value) != nominal
+                                  or value not in by_value.get(next(iter(counts)), {})):
+            value = None   # only a value of the nominal domain with held-out rates of its own
+        out: dict[str, Any] = {"nominal_domain": nominal, "nominal_value": value}
         for lv in counts:
             h = counts[lv][g]
             n = int(h.sum())
@@ -408,7 +441,10 @@ class ClassifierHandler:
                 other = [c for c in m.classes if c != nominal]
                 k_other = int(sum(h[1 + m.classes.index(c)] for c in other))
                 if K == 2:
-                    r = rates.get(other[0], {})
+                    r = dict(rates.get(other[0], {}))
+                    if value is not None:   # the false positives of this style, not of the class average
+                        v = by_value[lv][value]
+                        r.update(false_positive_rate=v[other[0]], negatives=v["n"])
                     s = logic.share_of(k_other, n, r)
                 else:
                     s = logic.share_of(k_other, n)
