@@ -80,10 +80,26 @@ def image_to_uint8(img: Image.Image, spec: PixelSpec) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def decode_to_uint8(data: bytes, spec: PixelSpec) -> np.ndarray:
+def square_uint8(img: Image.Image, spec: PixelSpec, max_side_factor: float = 2.0) -> np.ndarray:
+    """The device-resize variant of :func:`image_to_uint8`: only the centre square is
+    cut (no resampling, ~free on the CPU); the GPU resizes it to ``size`` (bicubic,
+    antialiased) in :meth:`BatchEncoder.pixels`. Squares larger than
+    ``max_side_factor * size`` are still resized here, so no batch ships huge images."""
+    w, h = img.size
+    m = min(w, h)
+    if m > max_side_factor * spec.size or m < 1:
+        return image_to_uint8(img, spec)
+    if (w, h) != (m, m):
+        left, top = (w - m) // 2, (h - m) // 2
+        img = img.crop((left, top, left + m, top + m))
+    return np.asarray(img, dtype=np.uint8)
+
+
+def decode_to_uint8(data: bytes, spec: PixelSpec, *, resize_on_device: bool = False) -> np.ndarray:
     """Encoded bytes -> uint8 pixels, raising :class:`BadImage` for anything unusable.
     JPEGs are decoded at reduced DCT scale when they are much larger than needed."""
-    return image_to_uint8(decode_image(data, draft_size=spec.size), spec)
+    img = decode_image(data, draft_size=spec.size)
+    return square_uint8(img, spec) if resize_on_device else image_to_uint8(img, spec)
 
 
 def as_rgb(image: Any) -> Image.Image:
@@ -144,8 +160,13 @@ class BatchEncoder:
             batch_uint8 = np.require(batch_uint8, requirements="W")  # PIL's arrays are read-only
         x = torch.as_tensor(batch_uint8)
         x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # NCHW view of NHWC = channels_last
-        x = x.float().sub_(self.mean).div_(self.std) if self.channels_last else x.contiguous().float().sub_(self.mean).div_(self.std)
-        return x
+        x = x.float() if self.channels_last else x.contiguous().float()
+        if x.shape[-1] != self.spec.size or x.shape[-2] != self.spec.size:   # squares cut by square_uint8
+            x = torch.nn.functional.interpolate(x, size=(self.spec.size, self.spec.size), mode="bicubic",
+                                                antialias=True, align_corners=False).clamp_(0, 255)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+        return x.sub_(self.mean).div_(self.std)
 
     def encode_async(self, batch_uint8):
         """Launch the forward pass; returns the normalised float32 embeddings still on

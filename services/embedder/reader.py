@@ -61,6 +61,7 @@ class ReadOptions:
     is_done: Callable[[str, str], bool] | None = None   # (part, sha256) -> already written?
     read_bytes: Callable[[ShardSource], bytes] | None = None
     expected_sha256: dict[str, str] | None = None       # part -> sha256 the caller was promised
+    resize_on_device: bool = False   # ship centre squares, resize on the GPU (batches grouped by size)
 
 
 def _default_read_bytes(src: ShardSource) -> bytes:
@@ -93,19 +94,20 @@ def read_shard(src: ShardSource, opts: ReadOptions) -> Iterator[dict]:
         return True
 
     s = opts.spec.size
-    pixels: list[np.ndarray] = []
-    rows: list[dict] = []
-    captions: list[str] = []
+    # pending images by pixel shape: one batch holds images of one shape (always the
+    # model's square unless ``resize_on_device``, where uniform shards stay one group)
+    groups: dict[tuple, tuple[list, list, list]] = {}
 
-    def flush(end: bool) -> dict:
-        nonlocal pixels, rows, captions, errors
+    def flush(shape: tuple | None, end: bool) -> dict:
+        nonlocal errors
+        pixels, rows, captions = groups.pop(shape, ([], [], [])) if shape is not None else ([], [], [])
         item: dict[str, Any] = {"part": src.part, "end": end, "errors": errors, "rows": rows, "n": len(rows),
                                 "pixels": np.stack(pixels) if pixels else np.zeros((0, s, s, 3), np.uint8)}
         if opts.tokenizer is not None:
             item["tokens"] = opts.tokenizer(captions) if captions else None
         if end:
             item["sha256"] = sha
-        pixels, rows, captions, errors = [], [], [], []
+        errors = []
         return item
 
     for sample in iter_samples(data, handler=on_error):
@@ -115,16 +117,20 @@ def read_shard(src: ShardSource, opts: ReadOptions) -> Iterator[dict]:
             errors.append((key, "no image in sample" if ext is None else f"image member .{ext} is not bytes"))
             continue
         try:
-            px = decode_to_uint8(img, opts.spec)
+            px = decode_to_uint8(img, opts.spec, resize_on_device=opts.resize_on_device)
         except BadImage as e:
             errors.append((key, str(e)))
             continue
+        pixels, rows, captions = groups.setdefault(px.shape, ([], [], []))
         pixels.append(px)
         rows.append(metadata_row(sample, src.key.rsplit("/", 1)[-1]))
         captions.append(caption_of(sample))
         if len(rows) >= opts.batch_size:
-            yield flush(False)
-    yield flush(True)
+            yield flush(px.shape, False)
+    shapes = list(groups)
+    for shape in shapes[:-1]:
+        yield flush(shape, False)
+    yield flush(shapes[-1] if shapes else None, True)
 
 
 def shards_of_worker(shards: list[ShardSource], index: int, count: int) -> list[ShardSource]:
@@ -173,6 +179,9 @@ def iter_batches(shards: list[ShardSource], opts: ReadOptions, *, workers: int =
             _ShardStream(shards, opts), batch_size=None, num_workers=workers, pin_memory=pin_memory,
             prefetch_factor=prefetch, worker_init_fn=_init_worker, persistent_workers=False,
             multiprocessing_context="fork",
+            # a slow shard must not stall the others: batches are regrouped by part downstream,
+            # and each part comes from one worker, in sample order
+            in_order=False,
         )
         yield from loader
         return

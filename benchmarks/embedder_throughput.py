@@ -1,0 +1,326 @@
+"""`clipaudit embed` throughput against its two ceilings (and clip-retrieval), same run.
+
+    python benchmarks/embedder_throughput.py --model clipaudit-tiny --images 20000    # decode-bound
+    python benchmarks/embedder_throughput.py --model ViT-B-32 --images 2000           # compute-bound on CPU
+    python benchmarks/embedder_throughput.py --model ViT-B-32 --device cuda --images 100000
+    python benchmarks/embedder_throughput.py --quick                                 # smoke run
+
+What is measured, on the same JPEG shards and the same randomly initialised model:
+
+* ``embed``: the whole ``clipaudit embed`` command in a subprocess — wall time with
+  start-up (imports, model build, workers) — and its steady-state loop rate (the
+  summary's ``images_per_s``), once with ``OMP_WAIT_POLICY=PASSIVE`` (our default)
+  and once with OpenMP's default spin-waiting (``--omp both``).
+* ``model_ceiling``: the same model's ``encode_image`` on random tensors, same
+  batch size and dtype/autocast, in this process (no decoding at all).
+* ``decode_ceiling``: JPEG decode + our preprocessing alone, on every core (a
+  process pool over the same images' bytes, no model).
+* ``peer``: clip-retrieval's ``clip-retrieval inference`` on the same shards with the
+  same random-init weights (a checkpoint file), if a virtualenv with it exists
+  (``--peer-venv``, default /tmp/cr-venv). It is NOT part of the project's install;
+  create it for the benchmark only::
+
+      python3 -m venv /tmp/cr-venv
+      /tmp/cr-venv/bin/pip install clip-retrieval "open_clip_torch<3" "numpy<2" \\
+          webdataset==0.2.86 "setuptools<81"
+
+Prints one JSON object (also written to ``--out``). Never fails on speed. This
+machine may be shared: compare the ratios, which are measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+# --------------------------------------------------------------------------- data
+
+
+def make_jpeg(seed: int, size: int) -> bytes:
+    """A smooth gradient with noise and a blob: photo-like JPEG statistics."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    c = rng.random((3, 3)).astype(np.float32)
+    img = (c[:, 0, None, None] * xx + c[:, 1, None, None] * yy + c[:, 2, None, None]) * 160
+    cx, cy, r = rng.random(3)
+    blob = ((xx - cx) ** 2 + (yy - cy) ** 2 < (0.1 + 0.2 * r) ** 2) * rng.integers(40, 120)
+    img = np.clip(img + blob + rng.normal(0, 12, (3, size, size)), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _make_range(args):
+    start, stop, size = args
+    return [make_jpeg(i, size) for i in range(start, stop)]
+
+
+def make_shards(root: Path, n: int, size: int, per_shard: int) -> list[bytes]:
+    """Write ``n`` images into WebDataset shards (jpg + txt + json); returns the jpeg bytes."""
+    from multiprocessing import get_context
+
+    from clipaudit.shards import ShardWriter
+
+    chunks = [(s, min(n, s + 2000), size) for s in range(0, n, 2000)]
+    with get_context("fork").Pool(CPUS) as pool:
+        jpegs = [b for part in pool.map(_make_range, chunks) for b in part]
+    root.mkdir(parents=True, exist_ok=True)
+    for s in range(0, n, per_shard):
+        with ShardWriter(root / f"bench-{s // per_shard:06d}.tar") as w:
+            for i in range(s, min(n, s + per_shard)):
+                w.write(f"{i:09d}", {"jpg": jpegs[i], "txt": f"a photo of object {i % 10}",
+                                     "json": {"class": f"c{i % 10}", "class_id": i % 10, "domain": "natural"}})
+    return jpegs
+
+
+# --------------------------------------------------------------------------- ceilings
+
+
+def model_ceiling(loaded, batch: int, precision: str, min_seconds: float, min_batches: int = 3) -> dict:
+    """``encode_image`` on random pixels, same batch/precision, no decoding."""
+    import torch
+
+    from services.embedder.logic import BatchEncoder
+
+    enc = BatchEncoder(loaded, precision=precision)
+    s = loaded.image_size
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (batch, s, s, 3), dtype=torch.uint8, generator=g)
+    x = x.pin_memory() if enc.device.type == "cuda" else x
+    with torch.inference_mode():
+        pix = enc.pixels(x)
+    sync = torch.cuda.synchronize if enc.device.type == "cuda" else (lambda: None)
+
+    def forward():
+        with torch.inference_mode():
+            if enc.amp is not None:
+                with torch.autocast(enc.device.type, dtype=enc.amp):
+                    return loaded.model.encode_image(pix)
+            return loaded.model.encode_image(pix)
+
+    for _ in range(2):
+        forward()
+    sync()
+    n, t0 = 0, time.perf_counter()
+    while n < min_batches or time.perf_counter() - t0 < min_seconds:
+        forward()
+        n += 1
+        if enc.device.type == "cuda" and n % 10:
+            continue
+        sync()
+    sync()
+    dt = time.perf_counter() - t0
+    return {"images_per_s": n * batch / dt, "batches": n, "batch_size": batch, "seconds": dt,
+            "autocast": str(enc.amp).replace("torch.", "") if enc.amp else "fp32"}
+
+
+_JPEGS: list[bytes] = []
+_SPEC = None
+
+
+_ON_DEVICE = False
+
+
+def _decode_range(bounds):
+    from services.embedder.logic import decode_to_uint8
+
+    a, b = bounds
+    for i in range(a, b):
+        decode_to_uint8(_JPEGS[i], _SPEC, resize_on_device=_ON_DEVICE)
+    return b - a
+
+
+def decode_ceiling(jpegs: list[bytes], spec, workers: int, resize_on_device: bool = False) -> dict:
+    """Decode + the workers' share of preprocessing on every core, bytes already in
+    memory (fork-shared). With ``resize_on_device`` (the GPU path) the workers only
+    decode and cut the centre square; the resize then runs on the GPU."""
+    from multiprocessing import get_context
+
+    global _JPEGS, _SPEC, _ON_DEVICE
+    _JPEGS, _SPEC, _ON_DEVICE = jpegs, spec, resize_on_device
+    step = max(64, len(jpegs) // (workers * 8))
+    bounds = [(s, min(len(jpegs), s + step)) for s in range(0, len(jpegs), step)]
+    with get_context("fork").Pool(workers) as pool:
+        pool.map(_decode_range, bounds[:workers])  # warm the workers
+        t0 = time.perf_counter()
+        n = sum(pool.map(_decode_range, bounds))
+        dt = time.perf_counter() - t0
+    return {"images_per_s": n / dt, "workers": workers, "seconds": dt,
+            "preprocess": "decode + centre square (GPU resizes)" if resize_on_device else "decode + PIL resize/crop"}
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def run_embed(data: Path, model: str, out: Path, device: str, batch: int | None, workers: int | None,
+              omp: str) -> dict:
+    env = dict(os.environ)
+    if omp == "passive":
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    else:
+        env.pop("OMP_WAIT_POLICY", None)   # OpenMP's default: spin, then sleep
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "clipaudit.cli", "embed", "--data", str(data), "--model", model, "--out", str(out),
+           "--device", device, "--quiet", "--json"]
+    if batch:
+        cmd += ["--batch-size", str(batch)]
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        return {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}"}
+    s = json.loads(p.stdout)
+    return {"wall_s": wall, "images": s["images"], "images_per_s_wall": s["images"] / wall,
+            "images_per_s_loop": s["images_per_s"], "startup_s": wall - s["seconds"],
+            "batch_size": s["batch_size"], "workers": s["workers"], "omp_wait_policy": omp}
+
+
+def run_peer(venv: Path, data: Path, n_shards: int, model: str, ckpt: Path, out: Path, batch: int,
+             workers: int, device: str) -> dict:
+    exe = venv / "bin" / "clip-retrieval"
+    if not exe.exists():
+        return {"skipped": f"no clip-retrieval at {exe}; create the venv as the docstring says"}
+    shutil.rmtree(out, ignore_errors=True)
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    shards = f"{data}/bench-{{{0:06d}..{n_shards - 1:06d}}}.tar"
+    cmd = [str(exe), "inference", "--input_dataset", shards, "--input_format", "webdataset",
+           "--output_folder", str(out), "--enable_text", "False", "--enable_metadata", "False",
+           "--clip_model", f"open_clip:{model}/{ckpt}", "--batch_size", str(batch),
+           "--num_prepro_workers", str(workers), "--write_batch_size", str(10 ** 7)]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        return {"error": (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1][:400]}
+    n = 0
+    for f in (out / "img_emb").glob("*.npy"):
+        n += int(np.load(f, mmap_mode="r").shape[0])
+    # its logger prints a running "sample_per_sec" — the last one is its steady-state loop rate
+    rates = [float(x) for x in re.findall(r"sample_per_sec\s*[:=]?\s*([0-9.]+)", p.stdout + p.stderr)]
+    return {"wall_s": wall, "images": n, "images_per_s_wall": n / wall if wall else 0.0,
+            "images_per_s_loop": rates[-1] if rates else None}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="clipaudit-tiny")
+    ap.add_argument("--images", type=int, default=None, help="default: 20000 (tiny), 2000 (others); quick: 2000/200")
+    ap.add_argument("--image-size", type=int, default=64, help="side of the JPEGs in the shards")
+    ap.add_argument("--per-shard", type=int, default=1000)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--workers", type=int, default=None, help="decode workers of `clipaudit embed` (default: all cores)")
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--omp", choices=["passive", "both"], default="both",
+                    help="also run embed with OpenMP's default spin-waiting (both)")
+    ap.add_argument("--peer-venv", default="/tmp/cr-venv")
+    ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary shards")
+    ap.add_argument("--out", default=None, help="also write the JSON here")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from clipaudit.models import load_clip
+    from services.embedder.logic import PixelSpec, choose_batch_size
+
+    tiny = args.model == "clipaudit-tiny"
+    n = args.images or ((2000 if tiny else 200) if args.quick else (20000 if tiny else 2000))
+    tmp = Path(tempfile.mkdtemp(prefix="clipaudit-embed-bench-"))
+    result: dict = {"benchmark": "embedder_throughput", "model": args.model, "device": args.device, "images": n,
+                    "image_size": args.image_size, "cpus": CPUS, "torch_threads": torch.get_num_threads(),
+                    "loadavg_start": os.getloadavg(), "torch": torch.__version__}
+    if args.device.startswith("cuda") and torch.cuda.is_available():
+        result["gpu"] = torch.cuda.get_device_name()
+    try:
+        t0 = time.perf_counter()
+        jpegs = make_shards(tmp / "data", n, args.image_size, args.per_shard)
+        n_shards = (n + args.per_shard - 1) // args.per_shard
+        result["shards"] = n_shards
+        result["make_data_s"] = time.perf_counter() - t0
+
+        loaded = load_clip(args.model, device=args.device, seed=0)
+        batch = choose_batch_size(loaded, requested=args.batch_size, precision=args.precision)
+        result["batch_size"] = batch
+        ckpt = tmp / f"{args.model}-init0.pt"
+        torch.save(loaded.model.state_dict(), ckpt)
+        result["model_ceiling"] = model_ceiling(loaded, batch, args.precision,
+                                                min_seconds=3.0 if args.quick else 10.0)
+        spec = PixelSpec.of(loaded)
+        del loaded
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        on_gpu = args.device.startswith("cuda")
+        result["decode_ceiling"] = decode_ceiling(jpegs, spec, CPUS, resize_on_device=on_gpu)
+        if on_gpu:   # for reference: what the CPU path's preprocessing would cost
+            result["decode_ceiling_pil_resize"] = decode_ceiling(jpegs, spec, CPUS)
+        lower = min(result["model_ceiling"]["images_per_s"], result["decode_ceiling"]["images_per_s"])
+        result["lower_ceiling"] = {"images_per_s": lower, "bound": "model" if lower == result["model_ceiling"][
+            "images_per_s"] else "decode"}
+        if not args.device.startswith("cuda"):
+            # on CPU decoding and the model share the same cores: neither ceiling can be
+            # reached while the other runs; the pair's combined bound is harmonic
+            m, d = result["model_ceiling"]["images_per_s"], result["decode_ceiling"]["images_per_s"]
+            result["shared_core_bound"] = {"images_per_s": 1.0 / (1.0 / m + 1.0 / d)}
+
+        model_spec = f"{args.model}@{ckpt}"
+        runs = {"passive": run_embed(tmp / "data", model_spec, tmp / "out", args.device, batch, args.workers,
+                                     "passive")}
+        if args.omp == "both":
+            runs["spin"] = run_embed(tmp / "data", model_spec, tmp / "out", args.device, batch, args.workers, "spin")
+        result["embed"] = runs
+        for r in runs.values():
+            if "error" not in r:
+                r["ratio_wall_to_lower_ceiling"] = r["images_per_s_wall"] / lower
+                r["ratio_loop_to_lower_ceiling"] = r["images_per_s_loop"] / lower
+                if "shared_core_bound" in result:
+                    r["ratio_loop_to_shared_core_bound"] = r["images_per_s_loop"] / result["shared_core_bound"][
+                        "images_per_s"]
+
+        if not args.no_peer:
+            peer = run_peer(Path(args.peer_venv), tmp / "data", n_shards, args.model, ckpt, tmp / "peer",
+                            batch, args.workers or CPUS, args.device)
+            result["peer_clip_retrieval"] = peer
+            ours = runs["passive"]
+            if "images_per_s_wall" in peer and "images_per_s_wall" in ours and peer["images_per_s_wall"]:
+                peer["ratio_to_lower_ceiling_wall"] = peer["images_per_s_wall"] / lower
+                result["ours_over_peer_wall"] = ours["images_per_s_wall"] / peer["images_per_s_wall"]
+                if peer.get("images_per_s_loop"):
+                    result["ours_over_peer_loop"] = ours["images_per_s_loop"] / peer["images_per_s_loop"]
+        result["loadavg_end"] = os.getloadavg()
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    text = json.dumps(result, indent=2, sort_keys=True)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
