@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -40,14 +40,18 @@ class StackSettings(BaseSettings):
     s3_access_key: str = "clipaudit"
     s3_secret_key: SecretStr = SecretStr("clipaudit-secret")
     s3_bucket: str = "clipaudit"
+    s3_endpoint: str = Field("", description="host:port of the S3 endpoint; default: the local stack's MinIO")
+    s3_secure: bool = Field(False, description="TLS to the S3 endpoint")
+
+    @model_validator(mode="after")
+    def _default_s3_endpoint(self) -> "StackSettings":
+        if not self.s3_endpoint:
+            self.s3_endpoint = f"{self.host}:{self.minio_port}"
+        return self
 
     @property
     def kafka_bootstrap(self) -> str:
         return f"{self.host}:{self.kafka_port}"
-
-    @property
-    def s3_endpoint(self) -> str:
-        return f"{self.host}:{self.minio_port}"
 
     @property
     def prometheus_url(self) -> str:

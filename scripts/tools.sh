@@ -30,3 +30,6 @@ from clipaudit.stack import ensure_tools
 for name, path in ensure_tools(StackSettings(), Console()).items():
     print(f"{name:11s} {path}")
 PY
+
+# helm (pinned, built once via the Go module proxy) for the chart's render/lint tests
+scripts/helm.sh --path >/dev/null

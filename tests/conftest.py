@@ -18,7 +18,7 @@ def pytest_collection_modifyitems(config, items):
 
     has_cuda = torch.cuda.is_available()
     for item in items:
-        if "gpu" in item.keywords and not has_cuda:
+        if item.get_closest_marker("gpu") and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="needs CUDA (gpu tests never run on CPU instead)"))
 
 

@@ -151,23 +151,33 @@ def run_worker(
     stats: WorkerStats | None = None,
     on_error: Callable[[Message, Exception], None] | None = None,
     consumer: Consumer | None = None,
+    metrics=None,
 ) -> WorkerStats:
     """Consume ``topics`` in ``group`` until ``stop`` is set.
 
     The one consumer loop every service uses: decode with ``decode`` (e.g.
     ``events_pb2.EmbeddingsWritten.FromString``), call ``handler``, commit after it
-    returned (or after dead-lettering).
+    returned (or after dead-lettering). ``metrics`` is a :class:`clipaudit.bus.metrics.BusMetrics`.
     """
     stats = stats or WorkerStats()
+    if metrics is not None:
+        user_on_error = on_error
+
+        def on_error(msg, e):  # noqa: F811 - count, then the caller's hook
+            metrics.failed_attempt(msg.topic)
+            if user_on_error:
+                user_on_error(msg, e)
     consumer = consumer or bus.consumer(topics, group)
     try:
         while not stop.is_set():
             for msg in consumer.poll(timeout_s=poll_timeout_s):
                 if stop.is_set():
                     break  # uncommitted: redelivered to the next member
-                handle_one(msg, decode, handler, bus, group=group, max_attempts=max_attempts,
-                           stats=stats, on_error=on_error)
+                ok = handle_one(msg, decode, handler, bus, group=group, max_attempts=max_attempts,
+                                stats=stats, on_error=on_error)
                 consumer.commit(msg)
+                if metrics is not None:
+                    metrics.handled(msg.topic, ok)
     finally:
         consumer.close()
     return stats

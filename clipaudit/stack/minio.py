@@ -34,7 +34,7 @@ class MinioServer(Server):
         return self.settings.minio_port + 1
 
     def endpoint(self) -> str:
-        return f"http://{self.settings.s3_endpoint}"
+        return f"http://{self.settings.host}:{self.settings.minio_port}"
 
     def command(self, tools: dict[str, Path]) -> list[str]:
         host = self.settings.host
@@ -62,7 +62,7 @@ class MinioServer(Server):
         from minio import Minio
 
         return Minio(
-            self.settings.s3_endpoint,
+            f"{self.settings.host}:{self.settings.minio_port}",
             access_key=self.settings.s3_access_key,
             secret_key=self.settings.s3_secret_key.get_secret_value(),
             secure=False,

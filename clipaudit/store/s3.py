@@ -52,7 +52,7 @@ class S3Store:
             s.s3_endpoint,
             access_key=s.s3_access_key,
             secret_key=s.s3_secret_key.get_secret_value(),
-            secure=False,
+            secure=s.s3_secure,
             http_client=http,
         )
         return cls(client, bucket, prefix)

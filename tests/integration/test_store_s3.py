@@ -24,7 +24,7 @@ def test_missing_bucket_is_one_clear_error(stack):
 
 
 def test_unreachable_endpoint(stack):
-    settings = stack.model_copy(update={"minio_port": 1})
+    settings = stack.model_copy(update={"s3_endpoint": "127.0.0.1:1"})
     store = open_store("s3://clipaudit/x", settings=settings)
     with pytest.raises(Unavailable):
         store.get_bytes("k")

@@ -158,3 +158,27 @@ def test_handle_one_invalid_input_not_retried():
                     handler, bus, group="g", max_attempts=5)
     assert not ok and len(calls) == 1
     assert len(bus.messages("t" + DLQ_SUFFIX)) == 1
+
+
+def test_worker_metrics_count_outcomes():
+    from prometheus_client import CollectorRegistry
+
+    from clipaudit.bus.metrics import BusMetrics
+
+    bus, reg = MemoryBus(), CollectorRegistry()
+    bus.publish("m", "same", b"\x00garbage")   # same key: same partition, in this order
+    bus.publish("m", "same", event(1))
+    stop = threading.Event()
+
+    def handler(ev):
+        stop.set()
+
+    t = threading.Thread(target=run_worker, args=(bus, ["m"], "g", events_pb2.ShardCreated.FromString, handler),
+                         kwargs={"stop": stop, "metrics": BusMetrics(reg, "svc"), "poll_timeout_s": 0.1})
+    t.start()
+    t.join(10)
+    def count(o):
+        return reg.get_sample_value("clipaudit_bus_messages_total", {"service": "svc", "topic": "m", "outcome": o})
+
+    assert (count("dead_lettered"), count("handled")) == (1.0, 1.0)
+    assert reg.get_sample_value("clipaudit_bus_dead_letters_total", {"service": "svc", "topic": "m"}) == 1.0

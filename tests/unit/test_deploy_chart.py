@@ -244,8 +244,6 @@ def test_rendered_env_configures_the_real_settings_classes(rendered, scenario, m
 # it is removed from here (and the xfail below is dropped).
 PENDING_FIELDS = {
     "CLIPAUDIT_TRAINER_NPROC_PER_NODE": "TrainerSettings.nproc_per_node (torchrun per job)",
-    "CLIPAUDIT_S3_ENDPOINT": "StackSettings.s3_endpoint as a field (today a property host:minio_port)",
-    "CLIPAUDIT_S3_SECURE": "StackSettings.s3_secure (TLS to S3; S3Store hard-codes secure=False)",
 }
 
 
@@ -265,9 +263,6 @@ def test_every_clipaudit_env_is_a_settings_field(rendered, scenario):
                 assert not (var in known and var in PENDING_FIELDS), f"{var} exists now: drop it from PENDING_FIELDS"
 
 
-@pytest.mark.xfail(strict=True, reason="clipaudit/config.py: StackSettings has no s3_endpoint/s3_secure fields "
-                                       "yet (s3_endpoint is a property from host+minio_port); remove this mark "
-                                       "once the lead adds them")
 def test_s3_endpoint_env_reaches_stack_settings(rendered, monkeypatch):
     from clipaudit.config import StackSettings
 
