@@ -217,3 +217,23 @@ def test_cli_trains_and_refuses_an_existing_run(synth, tmp_path, capsys):
     assert main(argv) == FailedPrecondition.exit_code
     assert "pass --resume" in capsys.readouterr().err
     assert main(argv + ["--resume"]) == 0
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu_with_torchrun(synth, tmp_path):
+    """torchrun + gloo: each rank takes half of every global batch; rank 0 writes the checkpoint."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import free_port
+
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+           "-m", "clipaudit.cli", "train", "--data", str(synth), "--samples", "192", "--batch-size", "16",
+           "--out", str(out), "--quiet"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=Path(__file__).parents[2])
+    assert p.returncode == 0, p.stderr[-2000:]
+    ck = CheckpointStore(LocalStore(out)).load_latest()
+    assert ck["world_size"] == 2 and ck["step"] == 192 // (16 * 2) and ck["final"]
