@@ -37,6 +37,9 @@ class EvaluatedModel:
 
 
 def _looks_like_file(spec: str) -> bool:
+    """A checkpoint file (not an architecture name or a JSON model config)."""
+    if spec.endswith(".json"):
+        return False
     return spec.startswith("s3://") or spec.endswith((".pt", ".pth", ".ckpt", ".bin")) or Path(spec).is_file()
 
 

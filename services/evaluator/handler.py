@@ -190,6 +190,8 @@ class Evaluator:
             meta = enc.metadata
             classnames = spec.classnames or src.classnames
             classnames, labels = resolve_labels(meta, classnames, where=src.location)
+            if "class" not in meta.columns:      # e.g. CLIP_benchmark's cls-only samples
+                meta = meta.assign(**{"class": np.asarray(classnames, dtype=object)[labels]})
             template_source, templates = templates_of[i]
             if model.kind == "clip":
                 progress("text", 0, len(classnames), src.name)

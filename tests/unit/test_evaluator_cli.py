@@ -122,3 +122,44 @@ def test_bad_input_is_one_line_and_an_exit_code(collection, tmp_path, capsys, ar
     assert main(argv) == code
     err = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]
     assert len(err) == 1 and err[0].startswith("clipaudit evaluate: error:") and words in err[0]
+
+
+def test_clip_benchmark_wds_layout_reads_like_the_original_split(collection, clip_ckpt, tmp_path, capsys):
+    """A split exported to CLIP_benchmark's wds/ layout (cls labels, classnames.txt,
+    zeroshot_classification_templates.txt) scores exactly like the split itself."""
+    import io
+    import tarfile
+
+    from clipaudit.shards import iter_samples
+
+    classes = json.loads((collection / "collection.json").read_text())["classes"]
+    templates = ["a photo of a {c}.", "a drawing of the {c}."]
+    wds = tmp_path / "wds"
+    (wds / "test").mkdir(parents=True)
+    with tarfile.open(wds / "test" / "0.tar", "w") as tar:
+        for shard in sorted((collection / "test_sketch").glob("*.tar")):
+            for s in iter_samples(shard):
+                for ext, data in (("jpg", s["jpg"]), ("cls", str(classes.index(s["json"]["class"])).encode())):
+                    info = tarfile.TarInfo(f"{s['__key__']}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    (wds / "test" / "nshards.txt").write_text("1\n")
+    (wds / "classnames.txt").write_text("\n".join(classes) + "\n")
+    (wds / "zeroshot_classification_templates.txt").write_text("\n".join(templates) + "\n")
+
+    assert main(["evaluate", "--checkpoint", str(clip_ckpt), "--test", str(wds), "--out", str(tmp_path / "a"),
+                 "--quiet"]) == 0
+    assert main(["evaluate", "--checkpoint", str(clip_ckpt), "--test", str(collection / "test_sketch"),
+                 "--templates", "|".join(templates), "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    a = json.loads((tmp_path / "a" / "report.json").read_text())["test_sets"][0]
+    b = json.loads((tmp_path / "b" / "report.json").read_text())["test_sets"][0]
+    assert a["templates"] == "zeroshot_classification_templates.txt" and a["n_templates"] == 2
+    assert a["classes"] == classes and a["n"] == b["n"] == 40
+    assert a["overall"] == b["overall"]
+    assert a["breakdowns"]["class"] == b["breakdowns"]["class"]
+
+    (wds / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\nno placeholder\n")
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(clip_ckpt), "--test", str(wds), "--out", str(tmp_path / "c"),
+                 "--quiet"]) == 2
+    assert "line 2" in capsys.readouterr().err
