@@ -429,7 +429,7 @@ class IndexPlan:
     reason: str
 
 
-FLAT_MAX_VECTORS = 200_000
+FLAT_MAX_VECTORS = 20_000   # a Flat scan of more costs > ~5 ms per single query on a CPU core
 
 
 def estimate_index_bytes(factory: str, n: int, dim: int) -> int:

@@ -1,0 +1,174 @@
+"""gRPC kNN query service: QPS and p50/p99 latency of Search (k=10, one vector per call)
+on an index of N x 512 vectors, with the load generated from a second process.
+
+    python benchmarks/indexer_grpc_qps.py            # 1M x 512 (index type chosen by the handler)
+    python benchmarks/indexer_grpc_qps.py --quick    # 100k x 512
+
+The index is built by the handler exactly as `clipaudit index build` would (type from
+size and memory budget, announced first); recall@10 against exact search is reported
+next to the speed so the two are read together. Closed-loop load: C client threads,
+each sending its next request when the last returned. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def clustered_set(path: str, n: int, dim: int, centers: np.ndarray, seed: int, part_rows: int = 100_000) -> None:
+    """Embedding-like data: unit vectors around 2,000 cluster centres, stored as float16."""
+    import pandas as pd
+
+    from benchmarks.indexer_matched_prune import clustered
+    from clipaudit.embeddings import EmbeddingSetWriter
+
+    rng = np.random.default_rng(seed)
+    w = EmbeddingSetWriter(path, model_id="bench", dim=dim, dtype="float16")
+    for p, s in enumerate(range(0, n, part_rows)):
+        m = min(part_rows, n - s)
+        w.write_part(str(p), clustered(rng, m, dim, centers), pd.DataFrame({"key": [f"r{s + i}" for i in range(m)]}))
+
+
+def load_generator(port: int, queries_path: str, k: int, concurrency: int, seconds: float) -> dict:
+    import grpc
+
+    from clipaudit.indexer.v1 import indexer_pb2, indexer_pb2_grpc
+
+    queries = np.load(queries_path)
+    dim = queries.shape[1]
+    requests = [indexer_pb2.SearchRequest(index="bench", k=k, dim=dim, vectors=q) for q in queries]
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = indexer_pb2_grpc.IndexerStub(channel)
+    for r in requests[:20]:
+        stub.Search(r)  # warm-up
+    lat: list[list[float]] = [[] for _ in range(concurrency)]
+    errors = [0] * concurrency
+    stop_at = time.perf_counter() + seconds
+
+    def worker(i: int) -> None:
+        j = i
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            try:
+                stub.Search(requests[j % len(requests)], timeout=5)
+                lat[i].append(time.perf_counter() - t0)
+            except grpc.RpcError:
+                errors[i] += 1
+            j += concurrency
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    all_lat = np.array([x for l in lat for x in l])
+    channel.close()
+    return ({"concurrency": concurrency, "seconds": wall, "requests": int(len(all_lat)), "errors": int(sum(errors)),
+               "qps": len(all_lat) / wall, "p50_ms": float(np.percentile(all_lat, 50) * 1e3),
+               "p90_ms": float(np.percentile(all_lat, 90) * 1e3), "p99_ms": float(np.percentile(all_lat, 99) * 1e3)})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--vectors", type=int, default=1_000_000)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--concurrency", default="2,4,8")
+    ap.add_argument("--index-type", default=None, help="faiss factory string; default: chosen by the handler")
+    ap.add_argument("--memory-budget-gib", type=float, default=8.0)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--load-generator-port", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--queries-file", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.load_generator_port:   # the second process: generate load, print JSON
+        print(json.dumps(load_generator(args.load_generator_port, args.queries_file, args.k, int(args.concurrency),
+                                        args.seconds)))
+        return
+    if args.quick:
+        args.vectors, args.seconds = 100_000, 10.0
+
+    import faiss
+    import torch
+    from prometheus_client import CollectorRegistry
+
+    from clipaudit.indexer.v1 import indexer_pb2_grpc
+    from clipaudit.rpc import ServiceMetrics, build_server
+    from clipaudit.store import open_store
+    from services.indexer.grpc_api import SERVICE_NAME, IndexerServicer
+    from services.indexer.handler import IndexerHandler
+    from services.indexer.metrics import IndexerMetrics
+
+    tmp = tempfile.mkdtemp(prefix="idxqps-")
+    from benchmarks.indexer_matched_prune import clustered
+
+    crng = np.random.default_rng(0)
+    centers = crng.standard_normal((2000, args.dim)).astype(np.float32)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    clustered_set(f"{tmp}/set", args.vectors, args.dim, centers, seed=3)
+    queries = clustered(np.random.default_rng(4), 1024, args.dim, centers).astype(np.float32)
+    np.save(f"{tmp}/queries.npy", queries)
+    registry = CollectorRegistry()
+    handler = IndexerHandler(open_store(f"{tmp}/store"), metrics=IndexerMetrics(registry),
+                             memory_budget_bytes=int(args.memory_budget_gib * 2**30))
+    announced: list[str] = []
+    t0 = time.perf_counter()
+    info = handler.build_index(f"{tmp}/set", "bench", index_type=args.index_type, announce=announced.append)
+    build_s = time.perf_counter() - t0
+
+    # recall@k of the served index against exact search, on 200 queries
+    idx = handler._load_index("bench")
+    q = queries[:200] / np.linalg.norm(queries[:200], axis=1, keepdims=True)
+    approx = handler.search(index="bench", k=args.k, vectors=q)
+    from clipaudit.embeddings import EmbeddingSet
+    from services.indexer import logic
+
+    es = EmbeddingSet.open(f"{tmp}/set")
+    _, exact_pos = logic.nn_similarity(q, (b for b, _ in es.iter_blocks(65536)), args.k)
+    keys = es.metadata(["key"])["key"].to_numpy()
+    recall = float(np.mean([len(set(a[0]) & set(keys[e])) / args.k for a, e in zip(approx, exact_pos)]))
+
+    faiss.omp_set_num_threads(1)  # one thread per request; requests run concurrently
+    srv = build_server([(indexer_pb2_grpc.add_IndexerServicer_to_server, IndexerServicer(handler))], [SERVICE_NAME],
+                       metrics=ServiceMetrics(registry, "indexer"), max_workers=8)
+    runs = []
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    try:
+        for c in args.concurrency.split(","):
+            out = subprocess.run([sys.executable, __file__, "--load-generator-port", str(srv.port), "--queries-file",
+                                  f"{tmp}/queries.npy", "--k", str(args.k), "--concurrency", c, "--seconds", str(args.seconds)],
+                                 capture_output=True, text=True, env=env, timeout=args.seconds + 120)
+            if out.returncode:
+                raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
+            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    finally:
+        srv.stop(0)
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps({
+        "benchmark": "indexer_grpc_qps", "vectors": args.vectors, "dim": args.dim, "k": args.k,
+        "index_type": info.index_type, "nprobe": idx.info.get("nprobe"), "announced": announced,
+        "build_seconds": build_s, "recall_at_k_vs_exact": recall, "runs": runs,
+        "goal": "QPS >= 200 at p99 <= 20 ms", "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "loadavg": os.getloadavg(),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
