@@ -107,10 +107,8 @@ def bench_open_clip_train(args, data: str, logs: str) -> dict:
     p = subprocess.run([sys.executable, "-c", code, str(CONFIG_DIR), *argv], capture_output=True, text=True, env=env,
                        timeout=args.timeout)
     wall = time.perf_counter() - t0
-    text = p.stdout + p.stderr
-    log_file = Path(logs) / "bench" / "out.log"
-    if log_file.is_file():
-        text += log_file.read_text()
+    log_file = Path(logs) / "bench" / "out.log"   # the same lines also go to stdout: read one copy
+    text = log_file.read_text() if log_file.is_file() else p.stdout + p.stderr
     times = [float(x) for x in re.findall(r"Batch \(t\): ([0-9.]+)", text)]
     if p.returncode != 0 or not times:
         return {"error": f"rc={p.returncode}: {text.strip().splitlines()[-1] if text.strip() else ''}"[:300]}
