@@ -505,7 +505,6 @@ class ClassifierHandler:
 
         from clipaudit.bus import TOPIC_LABELS
         from clipaudit.common.v1 import common_pb2
-        from clipaudit.embeddings import _npy_load
         from clipaudit.events.v1 import events_pb2
 
         if not event.dataset.startswith(self.worker_dataset_prefix):
@@ -526,8 +525,8 @@ class ClassifierHandler:
             if event.embeddings.sha256 and hashlib.sha256(data).hexdigest() != event.embeddings.sha256:
                 raise InvalidInput(f"shard {event.shard_id}: {event.embeddings.uri} does not match the event's sha256")
             try:
-                vectors = _npy_load(data)
-            except ValueError as e:
+                vectors = np.load(io.BytesIO(data), allow_pickle=False)
+            except (ValueError, OSError, EOFError) as e:
                 raise InvalidInput(f"shard {event.shard_id}: {event.embeddings.uri} is not a .npy array: {e}") from e
             meta = pd.read_parquet(io.BytesIO(read_object(event.metadata.uri)), columns=["key"])
             if len(meta) != len(vectors):

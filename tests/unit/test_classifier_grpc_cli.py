@@ -131,3 +131,22 @@ def test_cli_zero_shot_with_the_tiny_model_refuses_another_models_set(data, tmp_
                "--out", str(tmp_path / "z.json"), "--quiet"])
     assert rc == 5
     assert "clipaudit-tiny@init0" in capsys.readouterr().err
+
+
+def test_composition_root_consumes_only_with_a_model(data, tmp_path):
+    from clipaudit.bus import TOPIC_EMBEDDINGS
+    from clipaudit.config import StackSettings
+    from clipaudit.rpc.runtime import Runtime
+    from services.classifier.__main__ import build
+    from services.classifier.settings import ClassifierSettings
+
+    def parts(**kw):
+        s = ClassifierSettings(bus="memory", store=str(tmp_path / "store"), register_prometheus=False, **kw)
+        return build(Runtime("classifier", s, CollectorRegistry(), StackSettings()))
+
+    idle = parts()
+    assert idle.workers == [] and idle.service_names == [SERVICE_NAME]
+    busy = parts(model=str(tmp_path / "m.json"), consumer_group="g1", consume_dataset_prefix="synth/")
+    (w,) = busy.workers
+    assert w.topics == [TOPIC_EMBEDDINGS] and w.group == "g1"
+    assert w.handler.__self__.worker_dataset_prefix == "synth/"
