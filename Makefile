@@ -27,7 +27,7 @@ help:
 $(VENV_STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(VENV)/bin/pip --disable-pip-version-check -q install uv==$(UV_VERSION)
-	$(VENV)/bin/uv pip install --python $(PY) -r requirements.txt
+	$(VENV)/bin/uv pip install --python $(PY) --compile-bytecode -r requirements.txt
 	$(VENV)/bin/uv pip install --python $(PY) --no-deps -e .
 	@rm -f $(VENV)/.installed-* && touch $@
 

@@ -76,6 +76,7 @@ class ServiceSettings(BaseSettings):
     store: str = "s3://clipaudit"           # or a local directory
     consume: bool = True          # run the Kafka worker beside the gRPC server
     max_attempts: int = 3         # handler attempts before a message is dead-lettered
+    max_handler_s: float = 600.0  # longest handler run between polls before Kafka rebalances
     register_prometheus: bool = True
     grpc_workers: int = 8
 

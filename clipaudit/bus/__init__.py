@@ -183,7 +183,7 @@ def run_worker(
     return stats
 
 
-def open_bus(url: str | None = None, *, settings=None) -> Bus:
+def open_bus(url: str | None = None, *, settings=None, max_handler_s: float = 600.0) -> Bus:
     """``memory://`` (embedded mode) or ``kafka://host:port`` / ``host:port``."""
     if url is None or url.startswith("memory"):
         from clipaudit.bus.memory import MemoryBus
@@ -191,7 +191,7 @@ def open_bus(url: str | None = None, *, settings=None) -> Bus:
         return MemoryBus()
     from clipaudit.bus.kafka import KafkaBus
 
-    return KafkaBus(url.removeprefix("kafka://"))
+    return KafkaBus(url.removeprefix("kafka://"), max_handler_s=max_handler_s)
 
 
 __all__ = [

@@ -13,12 +13,16 @@ def _unavailable(bootstrap: str, e: Exception) -> Unavailable:
 
 
 class KafkaBus:
-    def __init__(self, bootstrap: str, *, client_id: str = "clipaudit", request_timeout_ms: int = 15000):
+    def __init__(self, bootstrap: str, *, client_id: str = "clipaudit", request_timeout_ms: int = 15000,
+                 max_handler_s: float = 600.0):
+        """``max_handler_s``: the longest a handler may run between two polls before Kafka
+        considers the consumer dead and rebalances (a training job needs hours)."""
         from kafka import KafkaProducer
         from kafka.errors import KafkaError
 
         self.bootstrap = bootstrap
         self.client_id = client_id
+        self.max_poll_interval_ms = int(max_handler_s * 1000)
         try:
             self._producer = KafkaProducer(
                 bootstrap_servers=bootstrap, client_id=client_id, acks="all", linger_ms=2,
@@ -45,7 +49,7 @@ class KafkaBus:
             raise _unavailable(self.bootstrap, e) from e
 
     def consumer(self, topics: Iterable[str], group: str) -> "KafkaConsumerAdapter":
-        return KafkaConsumerAdapter(self.bootstrap, list(topics), group, self.client_id)
+        return KafkaConsumerAdapter(self.bootstrap, list(topics), group, self.client_id, self.max_poll_interval_ms)
 
     def ensure_topics(self, topics: Iterable[str], partitions: int = 4) -> None:
         from kafka.admin import KafkaAdminClient, NewTopic
@@ -68,7 +72,8 @@ class KafkaBus:
 
 
 class KafkaConsumerAdapter:
-    def __init__(self, bootstrap: str, topics: list[str], group: str, client_id: str):
+    def __init__(self, bootstrap: str, topics: list[str], group: str, client_id: str,
+                 max_poll_interval_ms: int = 600000):
         from kafka import KafkaConsumer
         from kafka.errors import KafkaError
 
@@ -77,7 +82,7 @@ class KafkaConsumerAdapter:
             self._c = KafkaConsumer(
                 *topics, bootstrap_servers=bootstrap, group_id=group, client_id=client_id,
                 enable_auto_commit=False, auto_offset_reset="earliest",
-                session_timeout_ms=10000, heartbeat_interval_ms=1000, max_poll_interval_ms=600000,
+                session_timeout_ms=10000, heartbeat_interval_ms=1000, max_poll_interval_ms=max_poll_interval_ms,
             )
         except KafkaError as e:
             raise _unavailable(bootstrap, e) from e

@@ -64,7 +64,7 @@ class Runtime:
         if self._bus is None:
             from clipaudit.bus import open_bus
 
-            self._bus = open_bus(self.settings.bus, settings=self.stack)
+            self._bus = open_bus(self.settings.bus, settings=self.stack, max_handler_s=self.settings.max_handler_s)
         return self._bus
 
 
@@ -86,11 +86,15 @@ def run_service(name: str, settings: ServiceSettings, build: Callable[[Runtime],
     if settings.register_prometheus:
         register_target(stack, name, metrics_port, {"grpc_port": str(server.port)})
     threads = []
+    from clipaudit.bus.metrics import BusMetrics
+
+    bus_metrics = BusMetrics(registry, name) if parts.workers else None
     if settings.consume:
         for w in parts.workers:
             t = threading.Thread(target=run_worker, name=f"{name}-worker",
                                  args=(rt.bus, w.topics, w.group, w.decode, w.handler),
-                                 kwargs={"stop": stop, "max_attempts": settings.max_attempts}, daemon=True)
+                                 kwargs={"stop": stop, "max_attempts": settings.max_attempts, "metrics": bus_metrics},
+                                 daemon=True)
             t.start()
             threads.append(t)
     log.info("%s serving gRPC on %s:%d, metrics on :%d, %d bus worker(s)", name, settings.host, server.port,
