@@ -1,0 +1,137 @@
+"""Study configs: what data plays which role, which rules curate which subsets, how
+models are trained and evaluated. YAML or JSON, validated here (``extra="forbid"``).
+
+The same config runs on the synthetic collection on a laptop and on LAION shards on a
+cluster: only ``data`` and ``training`` change (see ``studies/*.yaml``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from clipaudit.errors import InvalidInput, NotFound
+
+STUDY_KINDS = ("similarity", "domains", "dg_cg", "backgrounds")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SynthData(_Strict):
+    preset: str = "small"
+    seed: int = 0
+
+
+class DataConfig(_Strict):
+    """Roles of the splits of one collection (``collection.json`` + WebDataset shards)."""
+
+    collection: str | None = Field(None, description="location of an existing collection; else `synth`")
+    synth: SynthData | None = Field(default_factory=SynthData)
+    train: str = "train"
+    reference: str = "reference"
+    id_tests: list[str] = Field(default_factory=lambda: ["test_natural"])
+    ood_tests: list[str] = Field(default_factory=lambda: ["test_sketch", "test_clipart", "test_painting", "test_quickdraw"])
+    common: str = "test_common"
+    counter: str = "test_counter"
+
+
+class TrainingConfig(_Strict):
+    """One training budget for every run of a study (fixed compute: a pruned subset is
+    seen for the same number of samples as the full pool)."""
+
+    model: str = "clipaudit-tiny"
+    samples: int = Field(40_000, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = 2e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    device: str = "auto"
+    supervised_model: str = "resnet10t"
+    supervised_samples: int = Field(40_000, ge=1)
+
+
+class SimilarityStudy(_Strict):
+    keep_fractions: list[float] = Field(default_factory=lambda: [0.85, 0.7, 0.5], min_length=3)
+    bins: int = 8
+    matched: bool = True
+    stratified: bool = Field(True, description="also prune near/far within each domain group (mix held fixed)")
+    gallery: int = 4
+
+
+class DomainsStudy(_Strict):
+    default_precision: float = 0.95
+    strict_precision: float = 0.98
+    ratios: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5], min_length=4,
+                                description="sweep A: rendition share at a fixed total")
+    add_renditions: list[int] = Field(default_factory=lambda: [0, 100, 400, 1600], min_length=4,
+                                      description="sweep B: renditions added to a fixed natural set")
+    total: int | None = Field(None, description="sweep A total; default: the natural pool size")
+
+
+class DgCgStudy(_Strict):
+    test_domain: str = "sketch"
+    held_out_classes: list[str] | None = Field(None, description="default: the collection's held_out_classes")
+    mechanistic_domains: list[str] = Field(default_factory=lambda: ["natural", "sketch", "clipart", "painting", "quickdraw"])
+
+
+class BackgroundsStudy(_Strict):
+    one_vs_k: list[int] = Field(default_factory=lambda: [5])
+
+
+class StudyConfig(_Strict):
+    name: str = "clipaudit-demo"
+    studies: list[Literal["similarity", "domains", "dg_cg", "backgrounds"]] = Field(
+        default_factory=lambda: list(STUDY_KINDS), min_length=1)
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    similarity: SimilarityStudy = Field(default_factory=SimilarityStudy)
+    domains: DomainsStudy = Field(default_factory=DomainsStudy)
+    dg_cg: DgCgStudy = Field(default_factory=DgCgStudy)
+    backgrounds: BackgroundsStudy = Field(default_factory=BackgroundsStudy)
+
+    @model_validator(mode="after")
+    def _data_source(self) -> "StudyConfig":
+        if not self.data.collection and not self.data.synth:
+            raise ValueError("data needs a collection location or a synth preset")
+        return self
+
+
+def load_config(path: str | Path | None = None, **overrides) -> StudyConfig:
+    """Read a YAML/JSON config (or the default one) and apply dotted overrides."""
+    raw: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            builtin = Path(__file__).parent / "configs" / f"{path}.yaml"
+            if builtin.is_file():
+                p = builtin
+            else:
+                raise NotFound(f"study config {path} does not exist")
+        text = p.read_text()
+        try:
+            if p.suffix == ".json":
+                raw = json.loads(text)
+            else:
+                import yaml
+
+                raw = yaml.safe_load(text) or {}
+        except Exception as e:  # noqa: BLE001
+            raise InvalidInput(f"study config {p} does not parse: {e}") from e
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = raw
+        *head, last = dotted.split(".")
+        for h in head:
+            node = node.setdefault(h, {})
+        node[last] = value
+    try:
+        return StudyConfig.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise InvalidInput(f"study config: {'.'.join(map(str, first['loc']))}: {first['msg']}") from e

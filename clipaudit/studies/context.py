@@ -1,0 +1,185 @@
+"""Shared state of one study run: the collection, its metadata, the training cache.
+
+Training runs are keyed by their spec (subset keys hash, model, budget, seed), so the
+natural-only and full models are trained once and serve studies 1, 2 and 4 alike.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clipaudit.manifests import read_manifest, write_manifest
+from clipaudit.studies.config import StudyConfig
+from clipaudit.studies.ops import StudyOps, read_json, read_parquet
+from clipaudit.studies.workspace import Workspace, stable_hash
+from clipaudit.synth.collection import Collection
+
+
+@dataclass
+class StudyContext:
+    cfg: StudyConfig
+    ws: Workspace
+    ops: StudyOps
+    collection: str            # location of the collection (dir or s3://)
+    out: str                   # where outputs go (dir or s3://), mirrors ws.root locally
+    coll: Collection | None = None
+    _meta: dict[str, pd.DataFrame] = field(default_factory=dict)
+    evaluations: dict[str, dict] = field(default_factory=dict)   # model name -> evaluation summary
+    models: dict[str, dict] = field(default_factory=dict)        # model name -> training summary
+
+    def loc(self, *parts: str) -> str:
+        return "/".join([self.out.rstrip("/"), *parts])
+
+    def split(self, name: str) -> str:
+        return "/".join([self.collection.rstrip("/"), name])
+
+    @property
+    def seed(self) -> int:
+        return self.cfg.seed
+
+    # ------------------------------------------------------------------ metadata
+    def metadata(self, split: str) -> pd.DataFrame:
+        """Every sample's json fields (no image decoding), cached as parquet."""
+        if split not in self._meta:
+            path = self.ws.path("metadata", f"{split}.parquet")
+
+            def read():
+                rows = [dict(s["json"], key=s["__key__"]) for s in self.coll.iter_samples(split, fields=("json",))] \
+                    if _accepts_fields(self.coll) else [dict(s["json"], key=s["__key__"]) for s in self.coll.iter_samples(split)]
+                pd.DataFrame(rows).to_parquet(path, index=False)
+                return {"rows": len(rows)}
+
+            self.ws.step(f"metadata/{split}", read, inputs={"collection": self.collection, "split": split})
+            self._meta[split] = pd.read_parquet(path)
+        return self._meta[split]
+
+    # ------------------------------------------------------------------ manifests
+    def manifest(self, name: str, keys, *, rule: str, parameters: dict | None = None, parent: str | None = None,
+                 sources=()) -> str:
+        keys = sorted(set(map(str, keys)))
+        loc = self.loc("manifests", name)
+
+        def write():
+            m = write_manifest(loc, keys, rule=rule, parameters=parameters or {}, parent=parent, sources=list(sources))
+            return {"uri": m.uri, "count": len(m), "keys_sha256": m.lineage.keys_sha256}
+
+        return self.ws.step(f"manifest/{name}", write, inputs={"keys": stable_hash(keys), "rule": rule,
+                                                               "parameters": parameters})["uri"]
+
+    def lineage(self, uri: str) -> dict:
+        m = read_manifest(uri)
+        return {"uri": uri, "count": len(m), **m.lineage.model_dump()}
+
+    # ------------------------------------------------------------------ training
+    def train(self, name: str, subset: dict, *, mode: str = "clip", samples: int | None = None,
+              seed: int | None = None) -> dict:
+        """Train (or reuse) a model on a subset: ``{"manifest": uri}`` or ``{"mixture": [...], "total": n}``."""
+        t = self.cfg.training
+        seed = self.seed if seed is None else seed
+        spec: dict[str, Any] = {
+            "mode": mode, "data": [self.collection], "split": self.cfg.data.train,
+            "model": t.model if mode == "clip" else t.supervised_model,
+            "samples": samples or (t.samples if mode == "clip" else t.supervised_samples),
+            "batch_size": t.batch_size, "lr": t.lr, "warmup_steps": t.warmup_steps, "weight_decay": t.weight_decay,
+            "seed": seed, "device": t.device, **subset,
+        }
+        if mode == "supervised":
+            spec["label_column"] = "class"
+            spec["classes"] = list(self.coll.classes)
+        subset_id = stable_hash({k: (read_manifest(v).lineage.keys_sha256 if k == "manifest" else v)
+                                 for k, v in subset.items()} if "manifest" in subset else
+                                {"mixture": [dict(c, manifest=read_manifest(c["manifest"]).lineage.keys_sha256)
+                                             for c in subset.get("mixture", [])], "total": subset.get("total")})
+        run_id = stable_hash({**spec, "subset": subset_id, "data": None, "manifest": None, "mixture": None})
+        out = self.loc("models", f"{name}-{run_id}")
+        result = self.ws.step(f"train/{name}", lambda: self.ops.train(spec, job_id=f"{name}-{run_id}", out=out),
+                              inputs={"run": run_id})
+        result["name"] = name
+        result["mode"] = mode
+        result["subset"] = subset
+        self.models[name] = result
+        return result
+
+    def checkpoint_spec(self, trained: dict) -> str:
+        if trained["mode"] == "supervised":
+            return trained["checkpoint"]
+        return f"{trained['arch']}@{trained['checkpoint']}"
+
+    # ------------------------------------------------------------------ embedding / evaluation
+    def embed(self, split: str, trained: dict, tag: str) -> str:
+        out = self.loc("embeddings", tag, split)
+        self.ws.step(f"embed/{tag}/{split}", lambda: self.ops.embed(self.split(split), self.checkpoint_spec(trained), out),
+                     inputs={"model": trained["checkpoint"], "split": split})
+        return out
+
+    def evaluate(self, name: str, trained: dict, splits: list[str], *, spec: dict | None = None,
+                 tag: str = "") -> dict:
+        spec = dict(spec or {})
+        spec.setdefault("label", name)
+        spec.setdefault("family", "CLIP" if trained["mode"] == "clip" else "supervised")
+        spec.setdefault("seed", self.seed)
+        out = self.loc("evaluations", f"{name}{tag}")
+        res = self.ws.step(f"evaluate/{name}{tag}",
+                           lambda: self.ops.evaluate(self.checkpoint_spec(trained), [self.split(s) for s in splits],
+                                                     spec, out),
+                           inputs={"model": trained["checkpoint"], "splits": splits, "spec": spec})
+        self.evaluations[f"{name}{tag}"] = res
+        return res
+
+    def predictions(self, evaluation: dict) -> pd.DataFrame:
+        """Per-image correctness of an evaluation (test_set, key, class, domain, group, correct)."""
+        return read_parquet(evaluation["report"].rsplit("/", 1)[0] + "/predictions.parquet")
+
+    def report_json(self, evaluation: dict) -> dict:
+        return read_json(evaluation["report"])
+
+
+def _accepts_fields(coll) -> bool:
+    import inspect
+
+    return "fields" in inspect.signature(coll.iter_samples).parameters
+
+
+# ---------------------------------------------------------------------- statistics
+
+def accuracy(pred: pd.DataFrame, mask=None) -> dict:
+    """Top-1 accuracy with a 95% Wilson interval; n=0 is reported, never divided by."""
+    c = pred["correct"].to_numpy() if mask is None else pred.loc[mask, "correct"].to_numpy()
+    return proportion(int(c.sum()), int(len(c)))
+
+
+def proportion(k: int, n: int) -> dict:
+    if n == 0:
+        return {"acc": None, "n": 0, "ci": [None, None]}
+    p, z = k / n, 1.96
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return {"acc": p, "n": n, "ci": [max(0.0, centre - half), min(1.0, centre + half)]}
+
+
+def paired_difference(a: pd.DataFrame, b: pd.DataFrame, mask_a=None, mask_b=None, *, seed: int = 0,
+                      resamples: int = 2000) -> dict:
+    """acc(a) - acc(b) in points on the same images (joined on test_set+key), with a
+    95% paired-bootstrap interval."""
+    ka = a if mask_a is None else a[mask_a]
+    kb = b if mask_b is None else b[mask_b]
+    j = ka[["test_set", "key", "correct"]].merge(kb[["test_set", "key", "correct"]], on=["test_set", "key"],
+                                                  suffixes=("_a", "_b"))
+    n = len(j)
+    if n == 0:
+        return {"diff_points": None, "ci": [None, None], "n": 0}
+    d = j["correct_a"].to_numpy(float) - j["correct_b"].to_numpy(float)
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(0, n, size=(resamples, n))].mean(axis=1) * 100
+    return {"diff_points": float(d.mean() * 100), "ci": [float(np.percentile(boots, 2.5)),
+                                                          float(np.percentile(boots, 97.5))], "n": n}
+
+
+def finding(study: str, claim: str, reproduced: bool | None, value: Any, detail: str) -> dict:
+    return {"study": study, "claim": claim, "reproduced": reproduced, "value": value, "detail": detail}

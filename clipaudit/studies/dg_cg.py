@@ -1,0 +1,138 @@
+"""Study 3 — domain vs compositional generalisation.
+(Kempf, Schrodi, Argus, Brox, ICML 2025.)
+
+For a test domain D and held-out classes C, four training mixtures of equal size:
+natural-only; leave-out-domain (real + the other rendition domains); CG low-diversity
+(real + D without C); CG high-diversity (real + every rendition domain, C removed from
+D only). Accuracy on D's images of C; per-domain contribution when domains are added
+one by one; CKA and neuron sharing between domains per layer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clipaudit.studies.context import StudyContext, accuracy, finding, paired_difference
+
+
+def run(ctx: StudyContext, base: dict) -> dict:
+    cfg, d = ctx.cfg.dg_cg, ctx.cfg.data
+    coll = ctx.coll
+    D = cfg.test_domain
+    C = list(cfg.held_out_classes or coll.held_out_classes)
+    renditions = [s for s in coll.rendition_styles]
+    meta = ctx.metadata(d.train)
+    test_D = f"test_{D}"
+    others = [r for r in renditions if r != D]
+
+    def keys(mask) -> list[str]:
+        return meta.loc[mask, "key"].astype(str).tolist()
+
+    real = keys(meta["domain"] == "natural")
+    d_minus_c = keys((meta["domain"] == D) & ~meta["class"].isin(C))
+    other_r = keys(meta["domain"].isin(others))
+    all_r_minus_c = keys(meta["domain"].isin(others) | ((meta["domain"] == D) & ~meta["class"].isin(C)))
+    R = min(len(d_minus_c), len(other_r))
+    N = len(real)
+    m = {
+        "real": ctx.manifest("s3-real", real, rule="domain-split", parameters={"domain": "natural"}),
+        "d_minus_c": ctx.manifest("s3-d-minus-c", d_minus_c, rule="domain-split",
+                                  parameters={"domain": D, "without_classes": C}),
+        "others": ctx.manifest("s3-other-renditions", other_r, rule="domain-split", parameters={"domains": others}),
+        "all_minus_c": ctx.manifest("s3-all-renditions-minus-c", all_r_minus_c, rule="domain-split",
+                                    parameters={"domains": renditions, "without_classes_in": D, "classes": C}),
+    }
+    mixes = {
+        "natural-only": [{"manifest": m["real"], "count": N, "name": "real"}],
+        "leave-out-domain": [{"manifest": m["real"], "count": N - R, "name": "real"},
+                             {"manifest": m["others"], "count": R, "name": "other-renditions"}],
+        "cg-low": [{"manifest": m["real"], "count": N - R, "name": "real"},
+                   {"manifest": m["d_minus_c"], "count": R, "name": f"{D}-minus-C"}],
+        "cg-high": [{"manifest": m["real"], "count": N - R, "name": "real"},
+                    {"manifest": m["all_minus_c"], "count": R, "name": "renditions-minus-C-in-D"}],
+    }
+    runs = {name: ctx.train(f"s3-{name}", {"mixture": comps}) for name, comps in mixes.items()}
+    # per-domain contribution: real + domains added one by one (C removed from D), equal size
+    contrib_rows = []
+    added: list[str] = []
+    for dom in [D, *others]:
+        added.append(dom)
+        ks = keys((meta["domain"].isin([a for a in added if a != D])) | ((meta["domain"] == D) & ~meta["class"].isin(C))
+                  if D in added else meta["domain"].isin(added))
+        man = ctx.manifest(f"s3-add-{'-'.join(added)}", ks, rule="domain-split",
+                           parameters={"domains": list(added), "without_classes_in": D, "classes": C})
+        r = min(R, len(ks))
+        name = f"s3-add-{len(added)}"
+        runs[name] = ctx.train(name, {"mixture": [{"manifest": m["real"], "count": N - r, "name": "real"},
+                                                  {"manifest": man, "count": r, "name": "+".join(added)}]})
+        contrib_rows.append({"name": name, "domains": list(added), "renditions": r})
+
+    evals = {n: ctx.predictions(ctx.evaluate(n if n.startswith("s3-") else f"s3-{n}", r,
+                                             [test_D, *[f"test_{o}" for o in others], "test_natural"]))
+             for n, r in runs.items()}
+
+    def acc_dc(p):
+        return accuracy(p, (p["test_set"] == test_D) & p["class"].isin(C))
+
+    def acc_d_seen(p):
+        return accuracy(p, (p["test_set"] == test_D) & ~p["class"].isin(C))
+
+    table = {n: {"D_heldout_classes": acc_dc(p), "D_seen_classes": acc_d_seen(p),
+                 "per_test": {t: accuracy(p, p["test_set"] == t) for t in sorted(p["test_set"].unique())}}
+             for n, p in evals.items()}
+    for row in contrib_rows:
+        row["accuracy"] = table[row["name"]]
+
+    # mechanistic similarity between domains, per layer (the CG high-diversity model)
+    mech = {}
+    for dom in cfg.mechanistic_domains:
+        if dom == "natural":
+            continue
+        ev = ctx.evaluate("s3-cg-high", runs["cg-high"], ["test_natural", f"test_{dom}"],
+                          spec={"mechanistic": {"domains": ["natural", dom], "column": "domain"}}, tag=f"-mech-{dom}")
+        mech[dom] = ctx.report_json(ev).get("mechanistic")
+
+    findings = []
+    dc = {n: evals[n][(evals[n]["test_set"] == test_D) & evals[n]["class"].isin(C)] for n in mixes}
+    def diff(a, b):
+        return paired_difference(dc[a], dc[b], seed=ctx.seed)
+    dg = diff("leave-out-domain", "natural-only")
+    findings.append(finding("dg_cg", "more domain diversity helps domain generalisation (leave-out-domain vs natural-only)",
+                            None if dg["ci"][0] is None else dg["diff_points"] > 0, dg["diff_points"],
+                            f"on {D} images of held-out classes: {dg['diff_points']:+.1f} points "
+                            f"(95% CI {dg['ci'][0]:+.1f}..{dg['ci'][1]:+.1f}), n={dg['n']}"))
+    cg = diff("cg-high", "cg-low")
+    findings.append(finding("dg_cg", "more domain diversity helps compositional generalisation (CG high vs low)",
+                            None if cg["ci"][0] is None else cg["diff_points"] > 0, cg["diff_points"],
+                            f"{cg['diff_points']:+.1f} points (95% CI {cg['ci'][0]:+.1f}..{cg['ci'][1]:+.1f})"))
+    seen = table["cg-low"]["D_seen_classes"]["acc"]
+    held = table["cg-low"]["D_heldout_classes"]["acc"]
+    findings.append(finding("dg_cg", "generalising to unseen classes in a seen domain is harder than to seen classes",
+                            None if seen is None or held is None else seen > held,
+                            None if seen is None or held is None else (seen - held) * 100,
+                            f"CG low-diversity model on {D}: seen classes {_pct(seen)} vs held-out classes {_pct(held)}"))
+    cka = {dom: _mean_cka(v) for dom, v in mech.items()}
+    if cka and all(v is not None for v in cka.values()) and "quickdraw" in cka:
+        lowest = min(cka, key=cka.get)
+        findings.append(finding("dg_cg", "quickdraw shows the lowest mechanistic similarity to natural images",
+                                lowest == "quickdraw", cka,
+                                "mean linear CKA over layers with natural images: "
+                                + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cka.items(), key=lambda kv: kv[1]))))
+    return {
+        "test_domain": D, "held_out_classes": C, "size": N, "renditions_per_mixture": R,
+        "mixtures": {n: {"components": comps, "counts": runs[n if n in runs else n]["resolved_counts"]}
+                     for n, comps in mixes.items()},
+        "manifests": {k: ctx.lineage(u) for k, u in m.items()},
+        "accuracy": table, "contribution": contrib_rows, "mechanistic": mech, "findings": findings,
+    }
+
+
+def _mean_cka(mech: dict | None) -> float | None:
+    if not mech or not mech.get("layers"):
+        return None
+    vals = [layer["cka_linear"] for layer in mech["layers"] if layer.get("cka_linear") is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _pct(x):
+    return "n/a" if x is None else f"{x * 100:.1f}%"

@@ -1,0 +1,246 @@
+"""Study 1 — does generalisation come from train–test similarity?
+(Mayilvahanan et al., ICLR 2024.)
+
+Embed with a fixed similarity model, measure sim(t, Train) per test image, bin accuracy
+by it, prune the training pool near/far/random (and near/far within each domain group,
+the mix held fixed), prune similarity-matched against a reference set, retrain on each
+subset and evaluate. Directions are computed from the data, never written in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from clipaudit.embeddings import EmbeddingSet, EmbeddingSetWriter
+from clipaudit.studies.context import StudyContext, finding, paired_difference
+from clipaudit.studies.ops import read_parquet
+
+
+def union_set(ctx: StudyContext, sets: dict[str, str], out: str) -> str:
+    def write():
+        first = EmbeddingSet.open(next(iter(sets.values())))
+        w = EmbeddingSetWriter(out, model_id=first.model_id, dim=first.dim)
+        n = 0
+        for name, loc in sets.items():
+            s = EmbeddingSet.open(loc)
+            for part, v, m in s.iter_parts():
+                w.write_part(f"{name}-{part}", np.asarray(v, np.float32), m)
+                n += len(v)
+        return {"rows": n}
+
+    ctx.ws.step(f"union/{out.rsplit('/', 1)[-1]}", write, inputs=sorted(sets.items()))
+    return out
+
+
+def run(ctx: StudyContext, base: dict) -> dict:
+    cfg, d = ctx.cfg.similarity, ctx.cfg.data
+    full = base["full"]
+    tests = d.id_tests + d.ood_tests
+    # 1. embed everything with one fixed similarity model (the full model: documented choice)
+    emb = {s: ctx.embed(s, full, "similarity-model") for s in [d.train, d.reference, *tests]}
+    train_meta = ctx.metadata(d.train)
+
+    # 2. NN similarity of each test image to the training pool and to the reference set
+    nn_train, nn_ref = {}, {}
+    for t in tests:
+        nn_train[t] = ctx.ws.step(f"similarity/{t}-to-train", lambda t=t: ctx.ops.similarity(
+            emb[t], emb[d.train], ctx.loc("similarity", f"{t}-to-train.parquet"), k=5), inputs=[t, emb[t]])
+        nn_ref[t] = ctx.ws.step(f"similarity/{t}-to-reference", lambda t=t: ctx.ops.similarity(
+            emb[t], emb[d.reference], ctx.loc("similarity", f"{t}-to-reference.parquet")), inputs=[t, emb[t]])
+    sim_tables = {t: read_parquet(nn_train[t]) for t in tests}
+    all_sim = pd.concat([f[["key", "sim"]] for f in sim_tables.values()], ignore_index=True)
+    all_sim_path = ctx.ws.path("similarity", "tests-to-train.parquet")
+    all_sim.to_parquet(all_sim_path, index=False)
+    histograms = {t: _histogram(f["sim"].to_numpy()) for t, f in sim_tables.items()}
+    ref_hist = {t: _histogram(read_parquet(nn_ref[t])["sim"].to_numpy()) for t in tests}
+
+    # 3. accuracy per similarity bin (the full model)
+    ev_full = ctx.evaluate("full", full, tests, spec={"similarity": str(all_sim_path), "similarity_column": "sim",
+                                                      "similarity_bins": cfg.bins}, tag="-simbins")
+    rep = ctx.report_json(ev_full)
+    bins_ood = {s["name"]: s.get("similarity_bins") for s in rep["test_sets"]}
+
+    # 4. near / far / random pruning (sim(x, Test) with Test = every evaluation test set)
+    test_union = union_set(ctx, {t: emb[t] for t in tests}, ctx.loc("embeddings", "similarity-model", "all-tests"))
+    x_to_test = read_parquet(ctx.ws.step("similarity/train-to-tests", lambda: ctx.ops.similarity(
+        emb[d.train], test_union, ctx.loc("similarity", "train-to-tests.parquet")), inputs=[emb[d.train]]))
+    x_to_test = x_to_test.merge(train_meta[["key", "domain_group", "domain"]], on="key", how="left")
+    n_pool = len(train_meta)
+    sweep = []
+    for frac in cfg.keep_fractions:
+        keep = int(round(frac * n_pool))
+        for rule in ("near", "far", "random"):
+            name = f"{rule}-{int(frac * 100)}"
+            uri = ctx.ws.step(f"prune/{name}", lambda rule=rule, keep=keep, name=name: ctx.ops.prune(
+                rule, emb[d.train], ctx.loc("manifests", name), test=test_union, keep=keep, seed=ctx.seed)[0],
+                inputs=[rule, keep, emb[d.train]])
+            sweep.append({"rule": rule, "keep_fraction": frac, "keep": keep, "manifest": uri, "view": "pooled"})
+        if cfg.stratified:
+            for rule in ("near", "far"):
+                name = f"{rule}-stratified-{int(frac * 100)}"
+                keys = _stratified_keep(x_to_test, frac, rule)
+                uri = ctx.manifest(name, keys, rule=f"prune-{rule}-stratified", parent=emb[d.train],
+                                   parameters={"keep_fraction": frac, "within": "domain_group"}, sources=[test_union])
+                sweep.append({"rule": f"{rule}-stratified", "keep_fraction": frac, "keep": len(keys), "manifest": uri,
+                              "view": "domain mix held fixed"})
+
+    # 5. similarity-matched pruning against the reference set, per test set and combined
+    matched = []
+    if cfg.matched:
+        uris = ctx.ws.step("prune/matched", lambda: ctx.ops.prune(
+            "matched", emb[d.train], ctx.loc("manifests", "matched"), tests=[emb[t] for t in tests],
+            reference=emb[d.reference]), inputs=[emb[d.train], tests])
+        for uri in uris:
+            lin = ctx.lineage(uri)
+            matched.append({"manifest": uri, "name": uri.rsplit("/", 1)[-1].removesuffix(".parquet"),
+                            "kept": lin["count"], "removed": n_pool - lin["count"]})
+
+    # 6. retrain on every subset, evaluate on every test set
+    ood_pred = {}
+    full_pred = ctx.predictions(ctx.evaluate("full", full, tests))
+    for row in sweep:
+        name = f"s1-{row['rule']}-{int(row['keep_fraction'] * 100)}"
+        tr = ctx.train(name, {"manifest": row["manifest"]})
+        pred = ctx.predictions(ctx.evaluate(name, tr, tests))
+        row.update(_accs(pred, d))
+        ood_pred[name] = pred
+    combined = next((m for m in matched if m["name"] == "combined"), None)
+    matched_result = None
+    if combined:
+        tr = ctx.train("s1-matched-combined", {"manifest": combined["manifest"]})
+        pred = ctx.predictions(ctx.evaluate("s1-matched-combined", tr, tests))
+        combined.update(_accs(pred, d))
+        ood = pred["test_set"].isin(d.ood_tests)
+        matched_result = {"drop_ood": paired_difference(full_pred, pred, full_pred["test_set"].isin(d.ood_tests), ood,
+                                                        seed=ctx.seed),
+                          "per_test": {t: paired_difference(full_pred, pred, full_pred["test_set"] == t,
+                                                            pred["test_set"] == t, seed=ctx.seed) for t in tests}}
+
+    # findings
+    findings = []
+    pooled_bins = rep.get("similarity_bins") or []
+    slope = _bin_slope(pooled_bins)
+    findings.append(finding("similarity", "accuracy rises with train–test similarity", None if slope is None else slope > 0,
+                            slope, f"least-squares slope of top-1 accuracy over similarity-bin centres (full model, "
+                                   f"all test sets pooled): {_fmt(slope, 2)} accuracy per unit similarity"))
+    for view, near_rule in (("pooled", "near"), ("domain mix held fixed", "near-stratified")):
+        diffs = []
+        for frac in cfg.keep_fractions:
+            a = ood_pred.get(f"s1-{near_rule}-{int(frac * 100)}")
+            b = ood_pred.get(f"s1-random-{int(frac * 100)}")
+            if a is not None and b is not None:
+                diffs.append(paired_difference(b, a, b["test_set"].isin(d.ood_tests), a["test_set"].isin(d.ood_tests),
+                                               seed=ctx.seed) | {"keep_fraction": frac})
+        if diffs:
+            mean = float(np.mean([x["diff_points"] for x in diffs]))
+            smallest = diffs[-1]
+            findings.append(finding(
+                "similarity", f"removing the most test-similar images costs more than removing random ones ({view})",
+                smallest["ci"][0] > 0 if smallest["ci"][0] is not None else None, mean,
+                f"OOD accuracy of random-pruned minus near-pruned, mean over {len(diffs)} sizes: {mean:+.1f} points; "
+                f"at keep {smallest['keep_fraction']:.0%}: {smallest['diff_points']:+.1f} points "
+                f"(95% CI {smallest['ci'][0]:+.1f}..{smallest['ci'][1]:+.1f})"))
+    if matched_result:
+        dr = matched_result["drop_ood"]
+        kept_share = None
+        if combined.get("ood") and dr["diff_points"] is not None:
+            full_ood = _accs(full_pred, d)["ood"]
+            kept_share = (combined["ood"] / full_ood) if full_ood else None
+        findings.append(finding(
+            "similarity", "similarity-matched pruning lowers OOD accuracy only partly (similarity explains part, not all)",
+            None if kept_share is None else (dr["diff_points"] > 0 and kept_share > 0.5), dr["diff_points"],
+            f"full minus matched-combined OOD accuracy: {_fmt(dr['diff_points'], 1)} points "
+            f"(95% CI {_fmt(dr['ci'][0], 1)}..{_fmt(dr['ci'][1], 1)}); the matched model keeps "
+            f"{_fmt(None if kept_share is None else kept_share * 100, 0)}% of the full model's OOD accuracy; "
+            f"{combined['removed']} of {n_pool} training images removed"))
+
+    gallery = _gallery(ctx, sim_tables, cfg.gallery)
+    return {
+        "histograms": {"test_to_train": histograms, "test_to_reference": ref_hist},
+        "accuracy_by_similarity": {"pooled": pooled_bins, "per_test": bins_ood},
+        "pruning_sweep": sweep,
+        "matched": {"subsets": matched, "result": matched_result},
+        "full": _accs(full_pred, d),
+        "similarity_model": full["checkpoint"],
+        "gallery": gallery,
+        "findings": findings,
+    }
+
+
+def _accs(pred: pd.DataFrame, d) -> dict:
+    out = {t: float(g["correct"].mean()) for t, g in pred.groupby("test_set")}
+    id_mask, ood_mask = pred["test_set"].isin(d.id_tests), pred["test_set"].isin(d.ood_tests)
+    out["id"] = float(pred.loc[id_mask, "correct"].mean()) if id_mask.any() else None
+    out["ood"] = float(pred.loc[ood_mask, "correct"].mean()) if ood_mask.any() else None
+    return {"accuracy": out, "id": out["id"], "ood": out["ood"]}
+
+
+def _stratified_keep(x_to_test: pd.DataFrame, frac: float, rule: str) -> list[str]:
+    """Near/far pruning inside each domain group: the same fraction kept from each."""
+    keys = []
+    for _, g in x_to_test.groupby("domain_group"):
+        k = int(round(frac * len(g)))
+        order = np.lexsort((g["key"].to_numpy(), g["sim"].to_numpy()))  # ascending sim, ties by key
+        idx = order[:k] if rule == "near" else order[::-1][:k]
+        keys.extend(g["key"].to_numpy()[idx])
+    return keys
+
+
+def _histogram(x: np.ndarray, bins: int = 30) -> dict:
+    h, edges = np.histogram(x, bins=bins, range=(float(min(x.min(), 0.0)), 1.0))
+    return {"counts": h.tolist(), "edges": edges.tolist(), "mean": float(x.mean()), "median": float(np.median(x))}
+
+
+def _bin_slope(bins: list[dict]) -> float | None:
+    pts = [(b.get("center", (b.get("lo", 0) + b.get("hi", 0)) / 2), b.get("accuracy", b.get("top1")), b.get("n", 0))
+           for b in bins]
+    pts = [(c, a, n) for c, a, n in pts if a is not None and n and n > 0]
+    if len(pts) < 2:
+        return None
+    c, a, n = map(np.asarray, zip(*pts))
+    w = n / n.sum()
+    cm, am = (w * c).sum(), (w * a).sum()
+    var = (w * (c - cm) ** 2).sum()
+    return float((w * (c - cm) * (a - am)).sum() / var) if var > 0 else None
+
+
+def _fmt(x, digits: int) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _gallery(ctx: StudyContext, sim_tables: dict[str, pd.DataFrame], per_side: int) -> list[dict]:
+    """Test images with the highest and lowest NN similarity beside their top-5 training neighbours."""
+    import base64
+
+    rows = []
+    for t, f in sim_tables.items():
+        rows.append(f.assign(test_set=t))
+    allf = pd.concat(rows, ignore_index=True).sort_values(["sim", "key"])
+    picks = [("lowest", r) for r in allf.head(per_side).itertuples()] + \
+            [("highest", r) for r in allf.tail(per_side)[::-1].itertuples()]
+    want_test = {(r.test_set, r.key) for _, r in picks}
+    want_train = {k for _, r in picks for k in (list(r.ref_keys) if hasattr(r, "ref_keys") else [r.ref_key])}
+
+    def images(split, keys):
+        got = {}
+        for s in ctx.coll.iter_samples(split):
+            if s["__key__"] in keys:
+                got[s["__key__"]] = (base64.b64encode(s.get("jpg") or s.get("png")).decode(), s.get("txt", ""))
+                if len(got) == len(keys):
+                    break
+        return got
+
+    train_imgs = images(ctx.cfg.data.train, want_train)
+    test_imgs = {}
+    for t in {t for t, _ in want_test}:
+        test_imgs.update(images(t, {k for tt, k in want_test if tt == t}))
+    out = []
+    for side, r in picks:
+        refs = list(r.ref_keys) if hasattr(r, "ref_keys") else [r.ref_key]
+        sims = list(r.sims) if hasattr(r, "sims") else [r.sim]
+        out.append({"side": side, "test_set": r.test_set, "key": r.key, "sim": float(r.sim),
+                    "image": test_imgs.get(r.key, ("", ""))[0], "caption": test_imgs.get(r.key, ("", ""))[1],
+                    "neighbours": [{"key": k, "sim": float(s), "image": train_imgs.get(k, ("", ""))[0],
+                                    "caption": train_imgs.get(k, ("", ""))[1]} for k, s in zip(refs[:5], sims[:5])]})
+    return out

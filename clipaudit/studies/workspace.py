@@ -1,0 +1,73 @@
+"""A study's working directory: steps whose outputs exist are skipped (resume).
+
+Every step stores its JSON result under ``steps/<name>.json`` together with the hash
+of the inputs it was run with; a re-run with the same inputs reuses it, a changed
+input re-runs the step. Progress is one line per step with its wall time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+
+
+def stable_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class StepRecord:
+    name: str
+    seconds: float
+    cached: bool
+    study: str
+
+
+@dataclass
+class Workspace:
+    root: Path
+    console: Console = field(default_factory=lambda: Console(stderr=True))
+    records: list[StepRecord] = field(default_factory=list)
+    study: str = "setup"
+
+    def __post_init__(self):
+        self.root = Path(self.root).resolve()
+        (self.root / "steps").mkdir(parents=True, exist_ok=True)
+
+    def path(self, *parts: str) -> Path:
+        p = self.root.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def step(self, name: str, fn: Callable[[], Any], *, inputs: Any = None) -> Any:
+        """Run ``fn`` unless a result for ``name`` with the same ``inputs`` exists."""
+        rec_path = self.root / "steps" / (name.replace("/", "__") + ".json")
+        key = stable_hash(inputs)
+        if rec_path.exists():
+            saved = json.loads(rec_path.read_text())
+            if saved.get("inputs_hash") == key:
+                self.records.append(StepRecord(name, 0.0, True, self.study))
+                self.console.print(f"[dim]  {self.study:11s} {name} (done before, skipped)[/dim]")
+                return saved["result"]
+        t0 = time.perf_counter()
+        self.console.print(f"  {self.study:11s} {name} ...")
+        result = fn()
+        dt = time.perf_counter() - t0
+        tmp = rec_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"inputs_hash": key, "seconds": dt, "result": result}, indent=1, default=str))
+        tmp.replace(rec_path)
+        self.records.append(StepRecord(name, dt, False, self.study))
+        self.console.print(f"  {self.study:11s} {name} [green]done[/green] in {dt:.1f} s")
+        return result
+
+    def timings(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for r in self.records:
+            out[r.study] = out.get(r.study, 0.0) + r.seconds
+        return out
