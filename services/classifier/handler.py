@@ -30,8 +30,9 @@ RENDITION_WORDS = ("rendition", "sketch", "clipart", "painting", "quickdraw", "c
 
 # -- object locations ---------------------------------------------------------------------------
 
-def open_object(location: str | Path):
-    """(store, key) of one object named by a local path or an ``s3://bucket/key`` URI."""
+def open_object(location: str | Path, *, create: bool = True):
+    """(store, key) of one object named by a local path or an ``s3://bucket/key`` URI;
+    ``create`` makes a missing local parent directory (for writing)."""
     from clipaudit.store import is_s3_uri, open_store
 
     loc = str(location)
@@ -41,11 +42,11 @@ def open_object(location: str | Path):
             raise InvalidInput(f"{loc!r} names a bucket, not an object")
         return open_store(parent), base
     p = Path(loc)
-    return open_store(p.parent if str(p.parent) else ".", create=True), p.name
+    return open_store(p.parent if str(p.parent) else ".", create=create), p.name
 
 
 def read_object(location: str | Path) -> bytes:
-    store, key = open_object(location)
+    store, key = open_object(location, create=False)
     return store.get_bytes(key)
 
 

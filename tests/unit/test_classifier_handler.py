@@ -217,12 +217,15 @@ def test_bad_input_is_one_clear_error_and_counted(separable, tmp_path):
         h.filter(str(d / "test"), model, keep="cartoon", out=str(tmp_path / "f"))
     with pytest.raises(NotFound):
         h.classify(str(tmp_path / "missing.json"), np.eye(DIM, dtype=np.float32)[:1])
+    with pytest.raises(NotFound):
+        h.classify(str(tmp_path / "nodir" / "m.json"), np.eye(DIM, dtype=np.float32)[:1])
+    assert not (tmp_path / "nodir").exists()   # reading creates nothing
     (tmp_path / "tampered.json").write_text((d / "m.json").read_text().replace('"classifier_id": "domains-', '"classifier_id": "domains-0'))
     with pytest.raises(InvalidInput, match="classifier_id"):
         h.classify(str(tmp_path / "tampered.json"), np.eye(DIM, dtype=np.float32)[:1])
     rejected = sum(s.value for mf in registry.collect() if mf.name == "clipaudit_classifier_rejected"
                    for s in mf.samples if s.name.endswith("_total"))
-    assert rejected == 15
+    assert rejected == 16
     # and the handler still works afterwards
     r = h.classify(model, np.eye(DIM, dtype=np.float32)[:2], threshold="0.5")
     assert r.labels() == ["natural", "rendition"]
