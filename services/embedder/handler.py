@@ -228,7 +228,6 @@ class EmbedderHandler:
     def _embed_shards(self, writer_cls, shards, out_location, text, progress, workers, worker_kind,
                       expected_sha256) -> EmbedSummary:
         import pandas as pd
-        import torch
 
         lm = self.loaded
         out_store = self.open_store(out_location)

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from clipaudit.images import BadImage
-from clipaudit.shards import ShardError, iter_samples
+from clipaudit.shards import iter_samples
 from services.embedder.logic import PixelSpec, decode_to_uint8, image_of, metadata_row, caption_of
 
 log = logging.getLogger(__name__)

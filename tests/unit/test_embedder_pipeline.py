@@ -3,7 +3,6 @@ resume, every kind of bad input, checkpoints, and the CLI as a function."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 
