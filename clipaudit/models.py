@@ -118,6 +118,14 @@ def state_dict_from_checkpoint(path: Path) -> dict:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
+class _QuietRandomInit:
+    """Drop open_clip's "No pretrained weights loaded" warning: random init is what we
+    asked for when no checkpoint is given (the model id says ``@init<seed>``)."""
+
+    def filter(self, record) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
 def load_clip(spec: str = DEFAULT_MODEL, *, device: str = "cpu", seed: int = 0, precision: str = "fp32") -> LoadedModel:
     import open_clip
     import torch
@@ -125,11 +133,17 @@ def load_clip(spec: str = DEFAULT_MODEL, *, device: str = "cpu", seed: int = 0, 
     name, ckpt = parse_spec(spec)
     arch = resolve_architecture(name)
     torch.manual_seed(seed)
+    import logging
+
+    quiet = _QuietRandomInit()
+    logging.getLogger().addFilter(quiet)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None, device=device,
                                                                       precision=precision)
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
         raise InvalidInput(f"model {arch!r} could not be built from its config: {e}") from e
+    finally:
+        logging.getLogger().removeFilter(quiet)
     if ckpt:
         path = fetch_checkpoint(ckpt)
         sd = state_dict_from_checkpoint(path)
