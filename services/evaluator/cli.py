@@ -16,7 +16,7 @@ def register(subparsers) -> None:
     p.add_argument("--templates", help="built-in set name (openai_imagenet), a file, or templates joined by '|'")
     p.add_argument("--classnames", help="file with one class name per line")
     p.add_argument("--similarity", help="parquet with key + nn_similarity (the indexer's output)")
-    p.add_argument("--similarity-column", default="nn_similarity")
+    p.add_argument("--similarity-column", help="default: nn_similarity, or the indexer's 'sim'")
     p.add_argument("--bins", type=int, default=10, help="similarity bins (equal width)")
     p.add_argument("--mechanistic", help="two domains, e.g. natural,sketch: CKA + neuron sharing per layer")
     p.add_argument("--subset", action="append", default=[], metavar="NAME=c1,c2,...",

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 REPORT_SCHEMA = "clipaudit.evaluator.report/v1"
 COMPARISON_SCHEMA = "clipaudit.evaluator.comparison/v1"
+SIMILARITY_COLUMNS = ("nn_similarity", "sim", "similarity")
 DEFAULT_BREAKDOWNS = ["domain", "domain_group", "group", "background", "class"]
 ProgressFn = Callable[[str, int, int, str], None]
 
@@ -48,7 +49,7 @@ class EvaluationSpec(BaseModel):
     label_subsets: dict[str, list[str]] = Field(default_factory=dict)   # name -> candidate class names
     one_vs_k: list[int] = Field(default_factory=list)                     # e.g. [20]: CounterAnimal 1-vs-20
     similarity: str | None = None                 # parquet: key + similarity column (the indexer's output)
-    similarity_column: str = "nn_similarity"
+    similarity_column: str | None = None          # None: the first of nn_similarity, sim (the indexer's), similarity
     similarity_bins: int | list[float] = 10
     mechanistic: MechanisticSpec | None = None
     family: str | None = None
@@ -245,11 +246,13 @@ class Evaluator:
             df = pd.read_parquet(io.BytesIO(data))
         except Exception as e:  # noqa: BLE001 - unreadable parquet is bad input
             raise InvalidInput(f"similarity table {loc} is not a parquet file: {e}") from e
-        if "key" not in df.columns or spec.similarity_column not in df.columns:
-            raise InvalidInput(f"similarity table {loc} needs columns 'key' and {spec.similarity_column!r}, "
+        candidates = [spec.similarity_column] if spec.similarity_column else list(SIMILARITY_COLUMNS)
+        column = next((c for c in candidates if c in df.columns), None)
+        if "key" not in df.columns or column is None:
+            raise InvalidInput(f"similarity table {loc} needs columns 'key' and one of {candidates}, "
                                f"has {list(df.columns)}")
-        return df[["key", spec.similarity_column]].drop_duplicates("key").rename(
-            columns={spec.similarity_column: "similarity"})
+        out = df[["key", column]].drop_duplicates("key").rename(columns={column: "similarity"})
+        return out.astype({"key": str})
 
     def _test_set_section(self, src, spec, classnames, labels, logits, meta, similarity) -> dict:
         section: dict[str, Any] = {"name": src.name, "location": src.location, "classes": classnames,

@@ -67,6 +67,9 @@ def known_set(tmp_path_factory, tiny, text_classifier):
     w.write_part("0", vectors, plan[["key", "class", "class_id", "domain", "group"]])
     sim = pd.DataFrame({"key": plan["key"], "nn_similarity": np.where(plan["domain"] == "natural", 0.9, 0.2)})
     sim.to_parquet(root / "sim.parquet")
+    # the indexer's `nn` output layout: key, sim, ref_key
+    sim.rename(columns={"nn_similarity": "sim"}).assign(ref_key="train-0").astype({"key": "string"}).to_parquet(
+        root / "sim_indexer.parquet")
     # a second set with the common group only: counter must report n=0
     only = plan[plan["group"] == "common"]
     w2 = EmbeddingSetWriter(root / "common_only", model_id=tiny.model_id, dim=vectors.shape[1], dtype="float32")
@@ -117,6 +120,16 @@ def test_known_accuracies(known_set, text_classifier, tmp_path):
     assert preds["correct"].tolist() == plan["right"].tolist()
     assert reg.get_sample_value("clipaudit_evaluator_evaluations_total", {"outcome": "ok"}) == 1
     assert reg.get_sample_value("clipaudit_evaluator_images_total") == 60
+
+
+def test_indexer_similarity_layout_is_read(known_set, tmp_path):
+    root, _ = known_set
+    _, rep, _ = _evaluate(root, tmp_path, similarity=str(root / "sim_indexer.parquet"), similarity_bins=2)
+    bins = rep["similarity_bins"]
+    assert [b["n"] for b in bins] == [30, 30]
+    assert bins[0]["lo"] == pytest.approx(0.2) and bins[-1]["hi"] == pytest.approx(0.9)
+    assert bins[0]["top1"] == pytest.approx(0.4) and bins[1]["top1"] == pytest.approx(0.8)
+    assert rep["test_sets"][0]["similarity_found"] == 60
 
 
 def test_group_with_zero_images_reports_n0(known_set, tmp_path):
