@@ -35,6 +35,14 @@ def read_parquet(location: str) -> pd.DataFrame:
     return pd.read_parquet(io.BytesIO(open_store(parent or ".", create=False).get_bytes(base)))
 
 
+def write_parquet(frame: pd.DataFrame, location: str) -> str:
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    parent, _, base = str(location).rstrip("/").rpartition("/")
+    open_store(parent or ".").put_bytes(base, buf.getvalue())
+    return location
+
+
 def read_json(location: str) -> dict:
     parent, _, base = str(location).rstrip("/").rpartition("/")
     return json.loads(open_store(parent or ".", create=False).get_bytes(base))

@@ -14,7 +14,7 @@ import pandas as pd
 
 from clipaudit.embeddings import EmbeddingSet, EmbeddingSetWriter
 from clipaudit.studies.context import StudyContext, finding, paired_difference
-from clipaudit.studies.ops import read_parquet
+from clipaudit.studies.ops import read_parquet, write_parquet
 
 
 def union_set(ctx: StudyContext, sets: dict[str, str], out: str) -> str:
@@ -50,8 +50,8 @@ def run(ctx: StudyContext, base: dict) -> dict:
             emb[t], emb[d.reference], ctx.loc("similarity", f"{t}-to-reference.parquet")), inputs=[t, emb[t]])
     sim_tables = {t: read_parquet(nn_train[t]) for t in tests}
     all_sim = pd.concat([f[["key", "sim"]] for f in sim_tables.values()], ignore_index=True)
-    all_sim_path = ctx.ws.path("similarity", "tests-to-train.parquet")
-    all_sim.to_parquet(all_sim_path, index=False)
+    all_sim_path = ctx.loc("similarity", "tests-to-train-all.parquet")
+    write_parquet(all_sim, all_sim_path)
     histograms = {t: _histogram(f["sim"].to_numpy()) for t, f in sim_tables.items()}
     ref_hist = {t: _histogram(read_parquet(nn_ref[t])["sim"].to_numpy()) for t in tests}
 

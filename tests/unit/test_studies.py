@@ -1,0 +1,92 @@
+"""Study configs, statistics, and every study end to end on the tiny preset (embedded):
+the report's schema, lineage, verdicts computed from data, and the HTML page."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clipaudit.errors import InvalidInput, NotFound
+from clipaudit.studies.config import load_config
+from clipaudit.studies.context import paired_difference, proportion
+
+TINY = {
+    "data.synth.preset": "tiny",
+    "training.samples": 384, "training.batch_size": 32, "training.warmup_steps": 2,
+    "training.supervised_samples": 384, "training.device": "cpu",
+    "similarity.keep_fractions": [0.8, 0.6, 0.4], "similarity.gallery": 2,
+    "domains.add_renditions": [0, 8, 16, 32],
+}
+
+
+def test_builtin_configs_validate():
+    assert load_config("demo").studies == ["similarity", "domains", "dg_cg", "backgrounds"]
+    assert load_config("laion-example").training.model == "ViT-B-32"
+
+
+def test_config_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntraining: {sampels: 3}\n")
+    with pytest.raises(InvalidInput, match="training.sampels"):
+        load_config(bad)
+    with pytest.raises(NotFound):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(InvalidInput, match="min"):
+        load_config("demo", **{"domains.ratios": [0.0, 0.5]})
+
+
+def test_wilson_interval_known_values():
+    r = proportion(50, 100)
+    assert r["acc"] == 0.5 and r["ci"][0] == pytest.approx(0.4038, abs=1e-3) and r["ci"][1] == pytest.approx(0.5962, abs=1e-3)
+    assert proportion(0, 0) == {"acc": None, "n": 0, "ci": [None, None]}
+
+
+def test_paired_difference_is_paired():
+    keys = [f"k{i}" for i in range(200)]
+    a = pd.DataFrame({"test_set": "t", "key": keys, "correct": [True] * 150 + [False] * 50})
+    b = pd.DataFrame({"test_set": "t", "key": keys, "correct": [True] * 100 + [False] * 100})
+    d = paired_difference(a, b)
+    assert d["diff_points"] == pytest.approx(25.0) and d["n"] == 200
+    assert d["ci"][0] > 15 and d["ci"][1] < 35
+
+
+@pytest.mark.slow
+def test_all_four_studies_end_to_end_tiny(tmp_path):
+    from clipaudit.studies.runner import run_study
+
+    cfg = load_config("demo", **TINY)
+    report = run_study(cfg, tmp_path / "run")
+    data = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert data["schema"] == "clipaudit.study-report/1"
+    assert set(data["studies"]) == {"similarity", "domains", "dg_cg", "backgrounds"}
+    # every verdict is a boolean or undetermined, with the measured detail beside it
+    assert data["findings"] and all(f["reproduced"] in (True, False, None) and f["detail"] for f in data["findings"])
+    assert {f["study"] for f in data["findings"]} == {"similarity", "domains", "dg_cg", "backgrounds"}
+    s1 = data["studies"]["similarity"]
+    assert {r["rule"] for r in s1["pruning_sweep"]} >= {"near", "far", "random"}
+    assert len({r["keep_fraction"] for r in s1["pruning_sweep"]}) == 3
+    assert any(m["name"] == "combined" for m in s1["matched"]["subsets"])
+    assert s1["gallery"] and all(len(g["neighbours"]) == 5 and g["image"] for g in s1["gallery"])
+    s2 = data["studies"]["domains"]
+    assert len(s2["sweep_a"]) == 4 and len(s2["sweep_b"]) == 4
+    # mixture counts are exact: sweep A holds the total fixed
+    totals = {sum(r["counts"].values()) for r in s2["sweep_a"]}
+    assert len(totals) == 1
+    s3 = data["studies"]["dg_cg"]
+    sizes = {sum(m["counts"].values()) for m in s3["mixtures"].values()}
+    assert len(sizes) == 1, "the four DG/CG mixtures must have equal size"
+    assert s3["mechanistic"] and all(m and m["layers"] for m in s3["mechanistic"].values())
+    s4 = data["studies"]["backgrounds"]
+    assert {r["family"] for r in s4["rows"]} == {"CLIP", "supervised"}
+    # lineage of subsets: rule, parameters, sizes, hashes
+    lin = s2["clean_subsets"]["train-natural"]
+    assert lin["rule"] == "domain_filter" and len(lin["keys_sha256"]) == 64 and lin["count"] > 0
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert page.count('class="plot"') >= 10
+    # a re-run skips every step (resume)
+    again = run_study(cfg, tmp_path / "run")
+    assert again["findings"] == report["findings"]
+    assert all(s["cached"] for s in again["timings"]["steps"])
