@@ -34,7 +34,7 @@ def test_config_errors_are_one_line(tmp_path):
         load_config(bad)
     with pytest.raises(NotFound):
         load_config(tmp_path / "missing.yaml")
-    with pytest.raises(InvalidInput, match="min"):
+    with pytest.raises(InvalidInput, match="at least 4"):
         load_config("demo", **{"domains.ratios": [0.0, 0.5]})
 
 
