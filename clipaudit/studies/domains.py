@@ -151,9 +151,9 @@ def _contamination_findings(reports: dict, ctx: StudyContext, d) -> dict:
     """Estimated opposite-domain share of each test set vs the generator's ground truth."""
     rows, inside = [], []
     for split, rep in reports.items():
-        est = _find_contamination(rep)
-        meta = ctx.metadata(split)
+        est = _find_contamination(rep, nominal_group(split))
         nominal = nominal_group(split)
+        meta = ctx.metadata(split)
         truth = float((meta["domain_group"] != nominal).mean()) if nominal else float((meta["domain_group"] == "rendition").mean())
         row = {"set": split, "nominal": nominal, "true_share": truth, **(est or {})}
         if est and est.get("ci"):
@@ -169,17 +169,13 @@ def _contamination_findings(reports: dict, ctx: StudyContext, d) -> dict:
     return {"rows": rows, "findings": fs}
 
 
-def _find_contamination(rep: dict) -> dict | None:
-    """Pull the strict-threshold contamination estimate out of a classifier report."""
-    c = rep.get("contamination") if isinstance(rep, dict) else None
-    if isinstance(c, dict):
-        strict = c.get("strict") or c
-        if isinstance(strict, dict):
-            share = strict.get("corrected", strict.get("share"))
-            ci = strict.get("corrected_ci", strict.get("ci"))
-            if isinstance(share, dict):
-                ci, share = share.get("ci"), share.get("share", share.get("value"))
-            return {"estimated_share": share, "ci": ci}
-    if isinstance(rep, dict) and "overall" in rep and isinstance(rep["overall"], dict):
-        return _find_contamination(rep["overall"])
-    return None
+def _find_contamination(rep: dict, nominal: str | None) -> dict | None:
+    """The strict-threshold estimate out of a classifier report: the opposite-domain share
+    of a test set (its ``contamination``), or the rendition share of the training pool;
+    Rogan–Gladen corrected where the report has it, raw Wilson otherwise."""
+    strict = (rep.get("overall") or {}).get("strict") or {}
+    c = strict.get("contamination") if nominal else (strict.get("shares") or {}).get("rendition")
+    if not c:
+        return None
+    return {"estimated_share": c.get("corrected", c.get("share")), "ci": c.get("corrected_ci95", c.get("ci95")),
+            "raw_share": c.get("share"), "raw_ci": c.get("ci95")}
