@@ -28,7 +28,7 @@ def build(rt: Runtime) -> ServiceParts:
         checkpoint_topic=settings.checkpoints_topic,
     ).start()
     regs, names = registrations(jobs)
-    workers = [WorkerSpec([settings.jobs_topic], settings.group, events_pb2.TrainJobRequested.FromString,
+    workers = [WorkerSpec([settings.jobs_topic], settings.consumer_group, events_pb2.TrainJobRequested.FromString,
                           jobs.on_train_job_requested)]
     return ServiceParts(registrations=regs, service_names=names, workers=workers, on_stop=[jobs.stop])
 

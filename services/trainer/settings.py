@@ -14,7 +14,7 @@ class TrainerSettings(ServiceSettings):
     metrics_port: int = SERVICE_PORTS["trainer"][1]
     max_handler_s: float = 7 * 24 * 3600.0   # a Kafka-submitted job runs inside the handler: allow days
 
-    group: str = "trainer"        # Kafka consumer group of train-jobs.v1
+    consumer_group: str = "trainer"   # Kafka consumer group of train-jobs.v1
     out: str | None = None        # where jobs without spec.out write (default: <store>/trainer/<job id>)
     publish: bool = True          # publish CheckpointWritten even when not consuming
     jobs_topic: str = "train-jobs.v1"          # clipaudit.bus.TOPIC_TRAIN_JOBS

@@ -25,7 +25,7 @@ def trainer_service(stack, kafka_bus, unique):
     jobs_topic, ckpt_topic = f"test-train-jobs-{unique}", f"test-checkpoints-{unique}"
     kafka_bus.ensure_topics([jobs_topic, jobs_topic + ".dlq", ckpt_topic], partitions=1)
     settings = TrainerSettings(bus=f"kafka://{stack.kafka_bootstrap}", store=f"s3://{stack.s3_bucket}/tests/{unique}",
-                               grpc_port=0, metrics_port=0, register_prometheus=False, group=f"trainer-{unique}",
+                               grpc_port=0, metrics_port=0, register_prometheus=False, consumer_group=f"trainer-{unique}",
                                jobs_topic=jobs_topic, checkpoints_topic=ckpt_topic)
     stop, ready = threading.Event(), threading.Event()
     t = threading.Thread(target=run_service, args=("trainer", settings, build),
