@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -46,7 +45,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--test-block", type=int, default=4096)
-    ap.add_argument("--train-block", type=int, default=16384)
+    ap.add_argument("--train-block", type=int, default=4096)
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     if args.quick:
@@ -63,7 +62,23 @@ def main() -> None:
     train = clustered(rng, args.train, args.dim, c)
     ref = clustered(rng, args.reference, args.dim, c)
     tests = [clustered(rng, args.tests // 2, args.dim, c), clustered(rng, args.tests - args.tests // 2, args.dim, c)]
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    import threading
+
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss_kib() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page // 1024
+
+    rss0, peak, done = rss_kib(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_kib())
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
@@ -85,7 +100,9 @@ def main() -> None:
                                                             test_block=args.test_block, stats=stats)))
     sync()
     t_prune = time.perf_counter() - t0
-    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    done.set()
+    sampler.join()
+    rss1 = max(peak[0], rss_kib())
 
     m = args.tests
     pairs_thr, pairs_prune = m * args.reference, m * args.train
@@ -102,7 +119,7 @@ def main() -> None:
         "pairs_rechecked_canonically": stats["rechecked"], "pairs_screened": stats["pairs"],
         "removed_per_test_set": removed.sum(0).tolist(), "removed_combined": int(removed.any(1).sum()),
         "data_in_memory_mib": (train.nbytes + ref.nbytes + sum(t.nbytes for t in tests)) / 2**20,
-        "peak_rss_growth_during_prune_mib": (rss1 - rss0) / 1024,
+        "rss_before_mib": rss0 / 1024, "peak_rss_growth_during_thresholds_and_prune_mib": (rss1 - rss0) / 1024,
         "projection": {
             "what": f"LAION-200M train x {LAION_TESTS} tests, ImageNet-train reference, at this run's pair rates",
             "threshold_hours": laion_thr_s / 3600, "prune_hours": laion_prune_s / 3600,

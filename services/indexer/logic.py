@@ -38,7 +38,7 @@ import torch
 from clipaudit.errors import InvalidInput, ResourceExhausted
 
 DEFAULT_QUERY_BLOCK = 4096
-DEFAULT_REF_BLOCK = 16384
+DEFAULT_REF_BLOCK = 4096   # smaller products stay cache-friendly for the top-k pass on CPU; GPUs like 16k+
 # Rows are accepted as "normalised" within this tolerance of norm 1 (see clipaudit.embeddings.check_vectors).
 NORM_TOLERANCE = 1e-2
 

@@ -14,7 +14,7 @@ class IndexerSettings(ServiceSettings):
     metrics_port: int = SERVICE_PORTS["indexer"][1]
     device: str = "auto"                      # auto | cpu | cuda: where bulk matrix products run
     query_block: int = 4096                   # query rows per matrix product
-    ref_block: int = 16384                    # reference rows streamed per block
+    ref_block: int = 4096                     # reference rows per block (GPU: try 16384+)
     memory_budget_bytes: int = 8 << 30        # for choosing the FAISS index type
     default_index: str = "default"            # index used when a request names none
     consume_index: str = ""                   # index the Kafka worker adds to ("" = default_index)
