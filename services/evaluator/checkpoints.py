@@ -106,7 +106,7 @@ def load_model(spec: str, *, device: str = "cpu", seed: int = 0, classes: list[s
         if not isinstance(arch, str) or not arch:
             raise InvalidInput(f"checkpoint {spec} does not name its architecture ('arch'); "
                                f"pass '<arch>@{spec}'")
-        if obj.get("kind") == "supervised":
+        if "supervised" in (obj.get("kind"), obj.get("mode")):   # the trainer writes mode, older files kind
             sd = obj.get("model")
             if not isinstance(sd, dict):
                 raise InvalidInput(f"checkpoint {spec} has no 'model' state dict")
