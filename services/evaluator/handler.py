@@ -183,7 +183,7 @@ class Evaluator:
         progress("load", 1, 1, model.model_id)
         out = self.open_out(request.out)
 
-        sets, pooled = [], []
+        sets, pooled, classifiers = [], [], {}
         for i, src in enumerate(sources):
             enc = encode_test_set(model, src, batch_size=spec.batch_size, hook_layers=spec.mechanistic is not None,
                                   progress=lambda s, d, t, m: progress(s, d, t, f"{m} ({i + 1}/{len(sources)})"),
@@ -195,9 +195,12 @@ class Evaluator:
                 meta = meta.assign(**{"class": np.asarray(classnames, dtype=object)[labels]})
             template_source, templates = templates_of[i]
             if model.kind == "clip":
-                progress("text", 0, len(classnames), src.name)
-                text = encode_prompts(model, logic.fill_templates(classnames, templates))
-                logits = logic.zeroshot_logits(enc.outputs, logic.class_embeddings(text))
+                key = (tuple(classnames), tuple(templates))
+                if key not in classifiers:   # test sets sharing class names and templates share the text side
+                    progress("text", 0, len(classnames), src.name)
+                    text = encode_prompts(model, logic.fill_templates(classnames, templates))
+                    classifiers[key] = logic.class_embeddings(text)
+                logits = logic.zeroshot_logits(enc.outputs, classifiers[key])
             else:
                 index = {c: j for j, c in enumerate(model.classes)}
                 missing = [c for c in classnames if c not in index]
