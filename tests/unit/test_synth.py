@@ -1,0 +1,249 @@
+"""The synthetic multi-domain collection: layout, metadata, determinism, planted
+contamination and near-duplicates, background groups, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydantic import ValidationError
+
+from clipaudit.errors import InvalidInput, NotFound
+from clipaudit.shards import iter_samples
+from clipaudit.store import open_store
+from clipaudit.synth import (
+    PRESETS,
+    SAMPLE_FIELDS,
+    Collection,
+    Preset,
+    contact_sheet,
+    format_summary,
+    generate,
+    summarize,
+)
+from clipaudit.synth.noise import sample_seeds
+from clipaudit.synth.render import render
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "tiny"
+    report = generate("tiny", out, seed=0, workers=1, progress=False)
+    return out, report
+
+
+@pytest.fixture(scope="module")
+def samples(tiny):
+    coll = Collection.load(tiny[0])
+    return coll, {split: list(coll.iter_samples(split)) for split in coll.splits}
+
+
+def decode(jpg: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(jpg)).convert("RGB"), dtype=np.float32) / 255.0
+
+
+def test_layout_and_counts_match_collection_json(tiny, samples):
+    out, report = tiny
+    coll, by_split = samples
+    preset = PRESETS["tiny"]
+    assert report.total == sum(report.counts.values()) == sum(s.count for s in coll.splits.values())
+    assert list(coll.splits) == ["train", "reference", "test_natural", "test_sketch", "test_clipart",
+                                 "test_painting", "test_quickdraw", "test_common", "test_counter"]
+    assert coll.splits["train"].count == preset.n_train and coll.splits["reference"].count == preset.n_reference
+    store = open_store(out)
+    for name, info in coll.splits.items():
+        got = by_split[name]
+        assert len(got) == info.count == report.counts[name]
+        assert Counter(s["json"]["domain"] for s in got) == {d: n for d, n in info.domains.items() if n}
+        assert Counter(s["json"]["group"] for s in got) == {g: n for g, n in info.groups.items() if n}
+        for shard in info.shards:
+            assert shard.key.startswith(f"{name}/{name}-") and shard.key.endswith(".tar")
+            blob = store.get_bytes(shard.key)
+            assert hashlib.sha256(blob).hexdigest() == shard.sha256 and len(blob) == shard.bytes
+        assert sum(s.count for s in info.shards) == info.count
+    raw = json.loads((out / "collection.json").read_text())
+    assert raw["classes"] == preset.classes and raw["image_size"] == 32 and raw["seed"] == 0
+    assert set(raw["common_background"]) == set(preset.classes)
+    assert len(raw["held_out_classes"]) == preset.n_held_out
+    assert raw["generator_version"]
+
+
+def test_sample_metadata_and_captions(samples):
+    coll, by_split = samples
+    keys = set()
+    for split, got in by_split.items():
+        for s in got:
+            meta = s["json"]
+            assert sorted(meta) == sorted(SAMPLE_FIELDS)
+            assert meta["key"] == s["__key__"] and meta["split"] == split
+            assert meta["class"] == coll.classes[meta["class_id"]]
+            assert meta["domain"] in coll.domains
+            assert meta["domain_group"] == ("natural" if meta["domain"] == "natural" else "rendition")
+            assert meta["background"] in [*coll.backgrounds, "none"]
+            assert (meta["background"] == "none") == (meta["domain"] not in ("natural", "painting"))
+            assert isinstance(meta["seed"], int) and 0 <= meta["seed"] < 2**63
+            assert meta["class"] in s["txt"]
+            word = {"natural": ("photo", "picture", "snapshot"), "sketch": ("sketch",), "clipart": ("clipart", "clip art"),
+                    "painting": ("painting",), "quickdraw": ("doodle",)}[meta["domain"]]
+            assert any(w in s["txt"] for w in word), s["txt"]
+            img = decode(s["jpg"])
+            assert img.shape == (32, 32, 3)
+            keys.add(meta["key"])
+    assert len(keys) == sum(len(v) for v in by_split.values())  # keys unique across the collection
+    train_domains = Counter(s["json"]["domain"] for s in by_split["train"])
+    assert set(train_domains) == set(coll.domains)
+
+
+def test_deterministic_and_independent_of_workers(tiny, tmp_path):
+    out, _ = tiny
+    first = Collection.load(out)
+    again = generate("tiny", tmp_path / "again", seed=0, workers=2, progress=False)
+    second = Collection.load(again.location)
+    for name in first.splits:
+        assert [s.sha256 for s in first.splits[name].shards] == [s.sha256 for s in second.splits[name].shards]
+    assert (out / "collection.json").read_bytes() == (tmp_path / "again" / "collection.json").read_bytes()
+    other = Collection.load(generate("tiny", tmp_path / "other", seed=1, progress=False).location)
+    assert all(first.splits[n].shards[0].sha256 != other.splits[n].shards[0].sha256 for n in first.splits)
+
+
+def test_render_depends_only_on_the_row():
+    classes = PRESETS["tiny"].classes
+    n = 12
+    seeds = sample_seeds(3, "x", np.arange(n))
+    cls = np.arange(n) % len(classes)
+    doms = ["natural", "sketch", "clipart", "painting", "quickdraw", "natural"] * 2
+    bgs = ["grass", "none", "none", "water", "none", "indoor"] * 2
+    full = render(classes, cls, doms, bgs, seeds, np.zeros(n, np.uint64), 32)
+    part = render(classes, cls[3:8], doms[3:8], bgs[3:8], seeds[3:8], np.zeros(5, np.uint64), 32)
+    np.testing.assert_array_equal(full[3:8], part)
+
+
+def test_planted_contamination_matches_preset(samples):
+    coll, by_split = samples
+    preset = PRESETS["tiny"]
+    expected = int(round(preset.test_contamination * preset.n_test))
+    assert expected > 0
+    nat = Counter(s["json"]["domain_group"] for s in by_split["test_natural"])
+    assert nat["rendition"] == expected == coll.splits["test_natural"].contaminated
+    for style in preset.rendition_styles:
+        got = Counter(s["json"]["domain"] for s in by_split[f"test_{style}"])
+        assert got == {style: preset.n_test - expected, "natural": expected}
+        assert coll.splits[f"test_{style}"].contaminated == expected
+    for split in ("test_common", "test_counter", "reference"):
+        assert {s["json"]["domain"] for s in by_split[split]} == {"natural"}
+    n_rend = sum(1 for s in by_split["train"] if s["json"]["domain"] != "natural" and not s["json"]["near_duplicate_of"])
+    n_reg = sum(1 for s in by_split["train"] if not s["json"]["near_duplicate_of"])
+    assert n_rend == round(preset.train_rendition_share * n_reg)
+
+
+def test_near_duplicates_point_at_test_images_and_look_alike(samples):
+    coll, by_split = samples
+    preset = PRESETS["tiny"]
+    tests = {s["__key__"]: s for split in coll.test_splits for s in by_split[split]}
+    dups = [s for s in by_split["train"] if s["json"]["near_duplicate_of"]]
+    per_set = int(round(preset.near_duplicate_rate * preset.n_test))
+    assert len(dups) == per_set * (1 + len(preset.rendition_styles)) == coll.splits["train"].near_duplicates
+    assert len({d["json"]["near_duplicate_of"] for d in dups}) == len(dups)
+    for d in dups:
+        src = tests[d["json"]["near_duplicate_of"]]
+        for field in ("class", "domain", "background"):
+            assert d["json"][field] == src["json"][field]
+        a, b = decode(d["jpg"]), decode(src["jpg"])
+        mse = float(((a - b) ** 2).mean())
+        # unrelated images of the same class and domain are far further apart
+        others = [decode(t["jpg"]) for t in tests.values()
+                  if t["json"]["class"] == src["json"]["class"] and t["json"]["domain"] == src["json"]["domain"]
+                  and t["__key__"] != src["__key__"]][:5]
+        assert mse < 0.01, (d["__key__"], mse)
+        assert all(mse * 4 < float(((a - o) ** 2).mean()) for o in others)
+
+
+def test_backgrounds_follow_the_class_mapping(samples):
+    coll, by_split = samples
+    preset = PRESETS["tiny"]
+    common = coll.common_background
+    assert set(common.values()) <= set(coll.backgrounds)
+    assert max(Counter(common.values()).values()) <= preset.classes_per_common_background
+    for s in by_split["test_common"]:
+        assert s["json"]["background"] == common[s["json"]["class"]] and s["json"]["group"] == "common"
+    for s in by_split["test_counter"]:
+        assert s["json"]["background"] != common[s["json"]["class"]] and s["json"]["group"] == "counter"
+        assert s["json"]["background"] in coll.backgrounds
+    for split in ("train", "reference", "test_natural"):
+        for s in by_split[split]:
+            m = s["json"]
+            if m["domain"] == "natural":
+                assert m["group"] == ("common" if m["background"] == common[m["class"]] else "counter")
+            else:
+                assert m["group"] == "none"
+    # in the training pool each class's regular natural photos are on the common background with p_common
+    per_class: dict[str, list[bool]] = {}
+    for s in by_split["train"]:
+        m = s["json"]
+        if m["domain"] == "natural" and not m["near_duplicate_of"]:
+            per_class.setdefault(m["class"], []).append(m["group"] == "common")
+    for flags in per_class.values():
+        assert sum(flags) == round(preset.p_common * len(flags))
+    # test_natural backgrounds are independent of the class: most are counter
+    groups = Counter(s["json"]["group"] for s in by_split["test_natural"] if s["json"]["domain"] == "natural")
+    assert groups["counter"] > groups["common"]
+
+
+def test_summary_and_contact_sheet(tiny, tmp_path):
+    out, report = tiny
+    summary = summarize(out)
+    assert summary["total"] == report.total
+    assert summary["splits"]["test_sketch"]["domains"]["sketch"] == 38
+    assert summary["near_duplicates"] == 10
+    text = format_summary(summary)
+    assert "test_counter" in text and "near-duplicates" in text
+    json.dumps(summary)
+    png = contact_sheet(out, tmp_path / "sheet.png", per_domain=4)
+    with Image.open(png) as im:
+        assert im.size[0] > 4 * 32 and im.size[1] > 5 * 32
+
+
+def test_unknown_preset_and_bad_arguments(tmp_path):
+    with pytest.raises(InvalidInput, match=r"^unknown preset 'x'; choose tiny, small or paper$"):
+        generate("x", tmp_path / "o", progress=False)
+    with pytest.raises(InvalidInput, match="seed"):
+        generate("tiny", tmp_path / "o", seed=-1, progress=False)
+    with pytest.raises(ValidationError):
+        Preset(name="p", n_train=10, n_reference=10, n_test=10, bogus=1)
+    with pytest.raises(ValidationError, match="unknown classes"):
+        Preset(name="p", n_train=10, n_reference=10, n_test=10, classes=["circle", "unicorn"])
+
+
+def test_unwritable_output(tmp_path):
+    f = tmp_path / "a_file"
+    f.write_text("x")
+    with pytest.raises(InvalidInput, match="is a file"):
+        generate("tiny", f / "sub" / "out", progress=False)
+    with pytest.raises(InvalidInput):
+        generate("tiny", f, progress=False)
+
+
+def test_load_missing_collection(tmp_path):
+    with pytest.raises(NotFound):
+        Collection.load(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NotFound, match="collection.json"):
+        Collection.load(tmp_path / "empty")
+
+
+def test_regenerating_a_smaller_collection_removes_stale_shards(tmp_path):
+    preset = PRESETS["tiny"].model_copy(update={"shard_maxcount": 50})
+    generate(preset, tmp_path / "c", progress=False)
+    assert (tmp_path / "c" / "train" / "train-000005.tar").exists()
+    generate("tiny", tmp_path / "c", progress=False)
+    coll = Collection.load(tmp_path / "c")
+    on_disk = sorted(p.relative_to(tmp_path / "c").as_posix() for p in (tmp_path / "c").rglob("*.tar"))
+    assert on_disk == sorted(k for s in coll.splits.values() for k in s.shard_keys)
+    assert len(list(iter_samples(tmp_path / "c" / coll.shard_keys("train")[0]))) == coll.splits["train"].shards[0].count
