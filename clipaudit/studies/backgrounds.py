@@ -15,7 +15,6 @@ from clipaudit.studies.context import StudyContext, accuracy, finding
 
 def run(ctx: StudyContext, base: dict) -> dict:
     cfg, d = ctx.cfg.backgrounds, ctx.cfg.data
-    groups = [d.common, d.counter]
     meta = ctx.metadata(d.train)
     natural = ctx.manifest("s4-natural-labelled", meta.loc[meta["domain"] == "natural", "key"], rule="domain-split",
                            parameters={"domain": "natural", "labels": "class"})
@@ -28,8 +27,7 @@ def run(ctx: StudyContext, base: dict) -> dict:
     clip_models.setdefault("full", base["full"])
     rows = []
     for name, r in {**clip_models, **sup}.items():
-        ev = ctx.evaluate(name, r, groups, spec={"one_vs_k": cfg.one_vs_k}, tag="-groups")
-        p = ctx.predictions(ev)
+        p = ctx.evaluate_standard(name, r)
         common, counter = accuracy(p, p["test_set"] == d.common), accuracy(p, p["test_set"] == d.counter)
         rows.append({"model": name, "family": "CLIP" if r["mode"] == "clip" else "supervised",
                      "common": common, "counter": counter,

@@ -44,14 +44,14 @@ class TrainingConfig(_Strict):
     seen for the same number of samples as the full pool)."""
 
     model: str = "clipaudit-tiny"
-    samples: int = Field(40_000, ge=1)
+    samples: int = Field(20_000, ge=1)
     batch_size: int = Field(128, ge=2)
     lr: float = 2e-3
     warmup_steps: int = 20
     weight_decay: float = 0.1
     device: str = "auto"
     supervised_model: str = "resnet10t"
-    supervised_samples: int = Field(40_000, ge=1)
+    supervised_samples: int = Field(20_000, ge=1)
 
 
 class SimilarityStudy(_Strict):

@@ -91,13 +91,15 @@ class StudyContext:
         if mode == "supervised":
             spec["label_column"] = "class"
             spec["classes"] = list(self.coll.classes)
-        subset_id = stable_hash({k: (read_manifest(v).lineage.keys_sha256 if k == "manifest" else v)
-                                 for k, v in subset.items()} if "manifest" in subset else
-                                {"mixture": [dict(c, manifest=read_manifest(c["manifest"]).lineage.keys_sha256)
-                                             for c in subset.get("mixture", [])], "total": subset.get("total")})
+        # the subset's identity is its content (key hashes, counts, weights), not its names: two studies asking
+        # for the same data share one run (e.g. sweep B's k=0 is natural-only, CG low = "+sketch")
+        comps = subset.get("mixture") or [{"manifest": subset["manifest"]}]
+        subset_id = stable_hash({"mixture": sorted(
+            (read_manifest(c["manifest"]).lineage.keys_sha256, c.get("count"), c.get("weight")) for c in comps),
+            "total": subset.get("total")})
         run_id = stable_hash({**spec, "subset": subset_id, "data": None, "manifest": None, "mixture": None})
-        out = self.loc("models", f"{name}-{run_id}")
-        result = self.ws.step(f"train/{name}", lambda: self.ops.train(spec, job_id=f"{name}-{run_id}", out=out),
+        out = self.loc("models", f"run-{run_id}")   # keyed by content: a second name for the same run reuses it
+        result = self.ws.step(f"train/{name}", lambda: self.ops.train(spec, job_id=f"run-{run_id}", out=out),
                               inputs={"run": run_id})
         result["name"] = name
         result["mode"] = mode
@@ -130,6 +132,17 @@ class StudyContext:
                            inputs={"model": trained["checkpoint"], "splits": splits, "spec": spec})
         self.evaluations[f"{name}{tag}"] = res
         return res
+
+    @property
+    def standard_tests(self) -> list[str]:
+        d = self.cfg.data
+        return list(dict.fromkeys([*d.id_tests, *d.ood_tests, d.common, d.counter]))
+
+    def evaluate_standard(self, name: str, trained: dict) -> pd.DataFrame:
+        """Every model is evaluated once on every test set of the config (ID, OOD, common,
+        counter); all studies read their numbers from these per-image predictions."""
+        spec = {"one_vs_k": list(self.cfg.backgrounds.one_vs_k)}
+        return self.predictions(self.evaluate(name, trained, self.standard_tests, spec=spec))
 
     def predictions(self, evaluation: dict) -> pd.DataFrame:
         """Per-image correctness of an evaluation (test_set, key, class, domain, group, correct)."""

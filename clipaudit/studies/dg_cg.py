@@ -67,9 +67,7 @@ def run(ctx: StudyContext, base: dict) -> dict:
                                                   {"manifest": man, "count": r, "name": "+".join(added)}]})
         contrib_rows.append({"name": name, "domains": list(added), "renditions": r})
 
-    evals = {n: ctx.predictions(ctx.evaluate(n if n.startswith("s3-") else f"s3-{n}", r,
-                                             [test_D, *[f"test_{o}" for o in others], "test_natural"]))
-             for n, r in runs.items()}
+    evals = {n: ctx.evaluate_standard(n if n.startswith("s3-") else f"s3-{n}", r) for n, r in runs.items()}
 
     def acc_dc(p):
         return accuracy(p, (p["test_set"] == test_D) & p["class"].isin(C))

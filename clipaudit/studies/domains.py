@@ -52,7 +52,7 @@ def run(ctx: StudyContext, base: dict) -> dict:
 
     # 5. natural-only vs full; sweeps
     runs = {"full": full}
-    runs["natural-only"] = ctx.train("natural-only", {"manifest": clean["natural"]})
+    runs["natural-only"] = ctx.train("natural-only", {"mixture": [{"manifest": clean["natural"], "name": "natural"}]})
     base["natural-only"] = runs["natural-only"]
     max_r = max(cfg.ratios) or 1.0
     total = cfg.total or int(min(n_nat, n_rend / max_r))
@@ -74,7 +74,7 @@ def run(ctx: StudyContext, base: dict) -> dict:
         runs[name] = ctx.train(name, {"mixture": comps})
         sweep_b.append({"name": name, "added": k, "counts": runs[name]["resolved_counts"]})
 
-    preds = {n: ctx.predictions(ctx.evaluate(n, r, tests)) for n, r in runs.items()}
+    preds = {n: ctx.evaluate_standard(n, r) for n, r in runs.items()}
 
     def accs(pred: pd.DataFrame) -> dict:
         out = {}

@@ -77,7 +77,7 @@ def run(ctx: StudyContext, base: dict) -> dict:
                 inputs=[rule, keep, emb[d.train]])
             sweep.append({"rule": rule, "keep_fraction": frac, "keep": keep, "manifest": uri, "view": "pooled"})
         if cfg.stratified:
-            for rule in ("near", "far"):
+            for rule in ("near",):   # the question is near vs random with the domain mix held fixed
                 name = f"{rule}-stratified-{int(frac * 100)}"
                 keys = _stratified_keep(x_to_test, frac, rule)
                 uri = ctx.manifest(name, keys, rule=f"prune-{rule}-stratified", parent=emb[d.train],
@@ -98,18 +98,18 @@ def run(ctx: StudyContext, base: dict) -> dict:
 
     # 6. retrain on every subset, evaluate on every test set
     ood_pred = {}
-    full_pred = ctx.predictions(ctx.evaluate("full", full, tests))
+    full_pred = ctx.evaluate_standard("full", full)
     for row in sweep:
         name = f"s1-{row['rule']}-{int(row['keep_fraction'] * 100)}"
         tr = ctx.train(name, {"manifest": row["manifest"]})
-        pred = ctx.predictions(ctx.evaluate(name, tr, tests))
+        pred = ctx.evaluate_standard(name, tr)
         row.update(_accs(pred, d))
         ood_pred[name] = pred
     combined = next((m for m in matched if m["name"] == "combined"), None)
     matched_result = None
     if combined:
         tr = ctx.train("s1-matched-combined", {"manifest": combined["manifest"]})
-        pred = ctx.predictions(ctx.evaluate("s1-matched-combined", tr, tests))
+        pred = ctx.evaluate_standard("s1-matched-combined", tr)
         combined.update(_accs(pred, d))
         ood = pred["test_set"].isin(d.ood_tests)
         matched_result = {"drop_ood": paired_difference(full_pred, pred, full_pred["test_set"].isin(d.ood_tests), ood,

@@ -25,9 +25,13 @@ Tested in ``tests/unit/test_trainer_data.py``.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
+import os
 import tarfile
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -139,6 +143,50 @@ def index_subset(refs: Sequence[ShardRef], wanted: set[str] | None) -> SubsetInd
 # --------------------------------------------------------------------------- decoding
 
 
+def tokenize_unique(tokenizer, captions: list[str]) -> torch.Tensor:
+    """Tokenize each distinct caption once (templated captions repeat a lot)."""
+    uniq = list(dict.fromkeys(captions))
+    if len(uniq) == len(captions):
+        return tokenizer(captions)
+    pos = {c: i for i, c in enumerate(uniq)}
+    return tokenizer(uniq)[torch.tensor([pos[c] for c in captions], dtype=torch.long)]
+
+
+class DecodedImages:
+    """A process-wide LRU of decoded, resized images keyed by (size, hash of the encoded
+    bytes). In embedded mode a study trains dozens of models on overlapping subsets of
+    one pool; decoding each image once instead of once per run is most of the data cost.
+    Bounded by ``CLIPAUDIT_TRAINER_DECODE_CACHE_MB`` (default 1024; 0 disables)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._d: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            v = self._d.get(key)
+            if v is not None:
+                self._d.move_to_end(key)
+            return v
+
+    def put(self, key, value: np.ndarray) -> None:
+        if self.max_bytes <= 0 or value.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._d:
+                return
+            self._d[key] = value
+            self.bytes += value.nbytes
+            while self.bytes > self.max_bytes:
+                _, old = self._d.popitem(last=False)
+                self.bytes -= old.nbytes
+
+
+DECODED = DecodedImages(int(os.environ.get("CLIPAUDIT_TRAINER_DECODE_CACHE_MB", "1024")) << 20)
+
+
 @dataclass
 class SampleDecoder:
     """A raw WebDataset sample -> (uint8 HxWx3 image, caption, label). Raises BadImage."""
@@ -148,6 +196,14 @@ class SampleDecoder:
     class_index: dict[str, int] | None = None
 
     def image(self, data: bytes) -> np.ndarray:
+        key = (self.image_size, hashlib.blake2b(data, digest_size=16).digest())
+        hit = DECODED.get(key)
+        if hit is None:
+            hit = self._decode(data)
+            DECODED.put(key, hit)
+        return hit.copy()
+
+    def _decode(self, data: bytes) -> np.ndarray:
         s = self.image_size
         img = decode_image(data, draft_size=s)
         if img.size != (s, s):
@@ -243,7 +299,7 @@ class MemorySubset:
             if progress:
                 progress(1)
         images = images[: len(keys)].clone()
-        texts = tokenizer(captions) if tokenizer is not None else None
+        texts = tokenize_unique(tokenizer, captions) if tokenizer is not None else None
         lab = torch.tensor(labels, dtype=torch.long) if decoder.label_column is not None else None
         return cls(images, texts, lab, keys, bad, batch_size, seed, rank, world)
 
