@@ -15,7 +15,7 @@ from clipaudit.serve import spawn
 from clipaudit.studies.config import load_config
 from tests.conftest import free_port
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 CONFIG = {
     "studies": ["similarity"], "data.synth.preset": "tiny", "seed": 3, "data.synth.seed": 3,

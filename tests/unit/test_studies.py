@@ -54,6 +54,7 @@ def test_paired_difference_is_paired():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_all_four_studies_end_to_end_tiny(tmp_path):
     from clipaudit.studies.runner import run_study
 
