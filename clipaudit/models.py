@@ -24,12 +24,17 @@ _registered = False
 
 
 def register_configs() -> None:
-    """Add our JSON configs (model_configs/*.json) to open_clip's registry, once."""
+    """Add our JSON configs (model_configs/*.json) to open_clip's registry, once, and drop
+    open_clip's "No pretrained weights loaded" warning (random init is what we ask for
+    when no checkpoint is given; the model id says ``@init<seed>``)."""
     global _registered
     if not _registered:
+        import logging
+
         import open_clip
 
         open_clip.add_model_config(CONFIG_DIR)
+        logging.getLogger().addFilter(_QuietRandomInit())
         _registered = True
 
 
@@ -119,8 +124,7 @@ def state_dict_from_checkpoint(path: Path) -> dict:
 
 
 class _QuietRandomInit:
-    """Drop open_clip's "No pretrained weights loaded" warning: random init is what we
-    asked for when no checkpoint is given (the model id says ``@init<seed>``)."""
+    """A logging filter for open_clip's warning about an intended random init."""
 
     def filter(self, record) -> bool:
         return "No pretrained weights loaded" not in record.getMessage()
@@ -133,17 +137,11 @@ def load_clip(spec: str = DEFAULT_MODEL, *, device: str = "cpu", seed: int = 0, 
     name, ckpt = parse_spec(spec)
     arch = resolve_architecture(name)
     torch.manual_seed(seed)
-    import logging
-
-    quiet = _QuietRandomInit()
-    logging.getLogger().addFilter(quiet)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None, device=device,
                                                                       precision=precision)
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
         raise InvalidInput(f"model {arch!r} could not be built from its config: {e}") from e
-    finally:
-        logging.getLogger().removeFilter(quiet)
     if ckpt:
         path = fetch_checkpoint(ckpt)
         sd = state_dict_from_checkpoint(path)
