@@ -31,6 +31,7 @@ class StudyContext:
     _meta: dict[str, pd.DataFrame] = field(default_factory=dict)
     evaluations: dict[str, dict] = field(default_factory=dict)   # model name -> evaluation summary
     models: dict[str, dict] = field(default_factory=dict)        # model name -> training summary
+    _standard: dict[str, dict] = field(default_factory=dict)     # checkpoint -> standard evaluation
 
     def loc(self, *parts: str) -> str:
         return "/".join([self.out.rstrip("/"), *parts])
@@ -91,6 +92,7 @@ class StudyContext:
         if mode == "supervised":
             spec["label_column"] = "class"
             spec["classes"] = list(self.coll.classes)
+            spec["image_size"] = int(self.coll.image_size)   # not the timm model's default (e.g. 160 px)
         # the subset's identity is its content (key hashes, counts, weights), not its names: two studies asking
         # for the same data share one run (e.g. sweep B's k=0 is natural-only, CG low = "+sketch")
         comps = subset.get("mixture") or [{"manifest": subset["manifest"]}]
@@ -142,7 +144,11 @@ class StudyContext:
         """Every model is evaluated once on every test set of the config (ID, OOD, common,
         counter); all studies read their numbers from these per-image predictions."""
         spec = {"one_vs_k": list(self.cfg.backgrounds.one_vs_k)}
-        return self.predictions(self.evaluate(name, trained, self.standard_tests, spec=spec))
+        same = self._standard.get(trained["checkpoint"])   # one run under two names is evaluated once
+        if same is None:
+            same = self._standard[trained["checkpoint"]] = self.evaluate(name, trained, self.standard_tests, spec=spec)
+        self.evaluations[name] = same
+        return self.predictions(same)
 
     def predictions(self, evaluation: dict) -> pd.DataFrame:
         """Per-image correctness of an evaluation (test_set, key, class, domain, group, correct)."""
