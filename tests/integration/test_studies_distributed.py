@@ -62,11 +62,16 @@ def test_similarity_study_distributed_equals_embedded(stack, services, tmp_path)
     def accs(report):
         return {r["rule"] + str(r["keep_fraction"]): r["accuracy"] for r in report["studies"]["similarity"]["pruning_sweep"]}
 
-    # same data, same subsets, same seeds: the same manifests and the same accuracies
+    # same data, same subsets, same seeds: the same manifests, accuracies and findings
     assert [r["keep"] for r in dist["studies"]["similarity"]["pruning_sweep"]] == \
            [r["keep"] for r in emb["studies"]["similarity"]["pruning_sweep"]]
     a, b = accs(dist), accs(emb)
+    assert a.keys() == b.keys()
     for k in a:
-        for t in a[k]["accuracy"]:
-            if a[k]["accuracy"][t] is not None:
-                assert a[k]["accuracy"][t] == pytest.approx(b[k]["accuracy"][t], abs=0.03), (k, t)
+        for t, v in a[k].items():
+            if v is not None:
+                assert v == pytest.approx(b[k][t], abs=0.03), (k, t)
+    for fa, fb in zip(dist["findings"], emb["findings"]):
+        assert fa["claim"] == fb["claim"]
+        if isinstance(fa["value"], float):
+            assert fa["value"] == pytest.approx(fb["value"], rel=0.05, abs=1.0), fa["claim"]
