@@ -201,4 +201,8 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, mask_a=None, mask_b=None
 
 
 def finding(study: str, claim: str, reproduced: bool | None, value: Any, detail: str) -> dict:
-    return {"study": study, "claim": claim, "reproduced": reproduced, "value": value, "detail": detail}
+    """One verdict: ``reproduced`` is a plain bool (or None when the data cannot decide)."""
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    return {"study": study, "claim": claim, "reproduced": None if reproduced is None else bool(reproduced),
+            "value": value, "detail": detail}

@@ -95,6 +95,8 @@ def write_report(report: dict, root: Path) -> tuple[Path, Path]:
 def _json_default(o):
     import numpy as np
 
+    if isinstance(o, np.bool_):
+        return bool(o)
     if isinstance(o, (np.integer,)):
         return int(o)
     if isinstance(o, (np.floating,)):

@@ -58,9 +58,12 @@ def test_nn_similarity_matches_brute_force(k, ref_rows, query_block):
     sims, pos = logic.nn_similarity(q, blocks(r, ref_rows), k, query_block=query_block)
     osims, opos = oracle_topk(q, r, k)
     np.testing.assert_allclose(sims, osims, atol=1e-6)
-    # positions agree wherever the oracle has no near-tie at that rank
-    gaps = np.abs(np.diff(np.concatenate([osims, (q.astype(np.float64) @ r.T.astype(np.float64)).min(1, keepdims=True)], 1), axis=1))
-    clear = gaps[:, :k] > 1e-5
+    # positions agree wherever the oracle has no near-tie at that rank, with the rank
+    # above or with the rank below (the (k+1)-th for the last one)
+    nxt, _ = oracle_topk(q, r, k + 1)
+    gaps = np.abs(np.diff(nxt, axis=1))                       # gap to the next rank
+    before = np.concatenate([np.full((len(q), 1), np.inf), gaps[:, :k - 1]], 1)
+    clear = (gaps[:, :k] > 1e-5) & (before > 1e-5)
     assert (pos[clear] == opos[clear]).all()
 
 
