@@ -205,8 +205,11 @@ def plot_cka(s3: dict) -> str:
     layers = [l["layer"] for l in next(iter(mech.values()))["layers"]]
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.6 + 0.45 * len(doms) + 1.5))
     for ax, key, title in ((axes[0], "cka_linear", "linear CKA with natural"), (axes[1], "neuron_sharing", "neuron sharing (Jaccard)")):
-        m = np.array([[(next((l[key] for l in mech[d]["layers"] if l["layer"] == L), None) or np.nan) for L in layers]
-                      for d in doms], dtype=float)
+        def cell(d, L):
+            v = next((l[key] for l in mech[d]["layers"] if l["layer"] == L), None)
+            return np.nan if v is None else v   # 0.0 is a value, not a missing one
+
+        m = np.array([[cell(d, L) for L in layers] for d in doms], dtype=float)
         im = ax.imshow(m, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_yticks(range(len(doms)), doms)
         ax.set_xticks(range(len(layers)), [str(L).replace("visual.", "") for L in layers], rotation=60, fontsize=7)
