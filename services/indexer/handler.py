@@ -219,6 +219,18 @@ class IndexShard:
     lower: str                 # smallest key this shard holds (key-range sharding); "" for the first
     index: object              # faiss index, ids = positions in `keys`
     keys: list[str]
+    # vectors added since the shard file was last written whole: each entry names one
+    # appended batch in the store ({"vectors", "keys", "count"}), replayed in order on load
+    appends: list[dict] = field(default_factory=list)
+
+    def appended_rows(self) -> int:
+        return sum(int(a["count"]) for a in self.appends)
+
+
+# An append log is folded into its shard file (one full rewrite) once it holds this many
+# batches or as many rows as the shard file itself: each vector is then rewritten O(1)
+# times on average, instead of the whole shard once per Kafka event.
+COMPACT_AFTER_BATCHES = 64
 
 
 class LoadedIndex:
@@ -522,20 +534,47 @@ class IndexerHandler:
                          idx.model_id, idx.dim, len(idx.shards), self._index_store(idx.name).uri("index.json"), reason)
 
     def _save_index(self, idx: LoadedIndex, shard_ids) -> None:
+        """Write the named shards whole (folding their append logs in), then index.json."""
         import faiss
 
         st = self._index_store(idx.name)
-        shards_meta = []
+        folded = []
         for si, s in enumerate(idx.shards):
             if si in shard_ids:
                 st.put_bytes(f"shard-{si:03d}.faiss", faiss.serialize_index(s.index).tobytes())
-                buf = io.BytesIO()
-                pd.DataFrame({"key": pd.Series(s.keys, dtype="string")}).to_parquet(buf, index=False)
-                st.put_bytes(f"shard-{si:03d}.keys.parquet", buf.getvalue())
-            shards_meta.append({"lower": s.lower, "count": len(s.keys), "file": f"shard-{si:03d}.faiss"})
-        idx.info["shards"] = shards_meta
+                st.put_bytes(f"shard-{si:03d}.keys.parquet", _keys_parquet(s.keys))
+                folded += s.appends
+                s.appends = []
+        self._write_index_json(idx)
+        for a in folded:                      # only once index.json no longer names them
+            st.delete(a["vectors"])
+            st.delete(a["keys"])
+
+    def _write_index_json(self, idx: LoadedIndex) -> None:
+        """index.json is the commit point: it names each shard file and its append log."""
+        idx.info["shards"] = [{"lower": s.lower, "count": len(s.keys), "file": f"shard-{si:03d}.faiss",
+                               "appends": list(s.appends)} for si, s in enumerate(idx.shards)]
         idx.info["count"] = idx.count()
-        st.put_bytes("index.json", json.dumps(idx.info, indent=2, sort_keys=True).encode())
+        self._index_store(idx.name).put_bytes("index.json", json.dumps(idx.info, indent=2, sort_keys=True).encode())
+
+    def _append_batch(self, idx: LoadedIndex, si: int, vectors: np.ndarray, keys: list[str]) -> None:
+        """Persist vectors just added to shard ``si`` as one append-log batch (two small
+        objects + index.json), not by rewriting the shard; compact when the log is long."""
+        shard = idx.shards[si]
+        if len(shard.appends) + 1 >= COMPACT_AFTER_BATCHES or \
+                shard.appended_rows() + len(keys) >= len(shard.keys) - len(keys) - shard.appended_rows():
+            self._save_index(idx, {si})
+            return
+        st = self._index_store(idx.name)
+        seq = int(idx.info.get("append_seq", 0)) + 1
+        idx.info["append_seq"] = seq
+        name = f"shard-{si:03d}.append-{seq:08d}"
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
+        st.put_bytes(f"{name}.npy", buf.getvalue())
+        st.put_bytes(f"{name}.keys.parquet", _keys_parquet(keys))
+        shard.appends.append({"vectors": f"{name}.npy", "keys": f"{name}.keys.parquet", "count": len(keys)})
+        self._write_index_json(idx)
 
     def _load_index(self, name: str) -> LoadedIndex:
         name = name or self.default_index
@@ -551,10 +590,13 @@ class IndexerHandler:
             shards = []
             for si, meta in enumerate(info["shards"]):
                 index = faiss.deserialize_index(np.frombuffer(st.get_bytes(meta["file"]), dtype=np.uint8))
-                keys = pd.read_parquet(io.BytesIO(st.get_bytes(f"shard-{si:03d}.keys.parquet")))["key"].astype(str)
+                keys = _read_keys(st.get_bytes(f"shard-{si:03d}.keys.parquet"))
+                for a in meta.get("appends", []):     # replay the append log in order
+                    index.add(np.load(io.BytesIO(st.get_bytes(a["vectors"])), allow_pickle=False))
+                    keys += _read_keys(st.get_bytes(a["keys"]))
                 if info.get("nprobe"):
                     faiss.extract_index_ivf(index).nprobe = int(info["nprobe"])
-                shards.append(IndexShard(meta["lower"], index, keys.tolist()))
+                shards.append(IndexShard(meta["lower"], index, keys, list(meta.get("appends", []))))
             idx = LoadedIndex(name, info, shards)
             self._indexes[name] = idx
             if self.metrics is not None:
@@ -599,6 +641,8 @@ class IndexerHandler:
                 raise InvalidInput(f"{len(dup) or 'some'} key(s) already indexed or repeated (first: "
                                    f"{(dup or [keys[0]])[0]!r}); keys must be unique in an index")
             route = np.array([idx.shard_for(k) for k in keys], dtype=np.int64)
+            if source:
+                sources.append(source)
             for si in np.unique(route):
                 sel = route == si
                 shard = idx.shards[si]
@@ -607,9 +651,7 @@ class IndexerHandler:
                 shard.keys.extend(keys[sel].tolist())
                 for p, k in enumerate(keys[sel]):
                     existing[k] = (int(si), base + p)
-            if source:
-                sources.append(source)
-            self._save_index(idx, set(np.unique(route).tolist()))
+                self._append_batch(idx, int(si), x[sel], keys[sel].tolist())
         if self.metrics is not None:
             self.metrics.vectors_indexed.labels(name).inc(len(x))
             self.metrics.index_vectors.labels(name).set(idx.count())
@@ -711,6 +753,16 @@ class IndexerHandler:
             return 0
         return self.add_vectors(name, vectors, meta["key"].astype(str).to_numpy(), model_id=event.model_id,
                                 source=f"{event.dataset}/{event.shard_id}", create=True)
+
+
+def _keys_parquet(keys: list[str]) -> bytes:
+    buf = io.BytesIO()
+    pd.DataFrame({"key": pd.Series(keys, dtype="string")}).to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def _read_keys(data: bytes) -> list[str]:
+    return pd.read_parquet(io.BytesIO(data))["key"].astype(str).tolist()
 
 
 def _reconstruct(index, position: int) -> np.ndarray:

@@ -255,3 +255,40 @@ def test_kafka_worker_handler_is_idempotent_and_refuses_other_models(data):
     dlq = bus.messages("embeddings.v1.dlq")
     assert len(dlq) == 2 and "another" in events_pb2.DeadLetter.FromString(dlq[0].value).error
     assert h.index_info("live").count == len(vec["test_a"]) + len(vec["test_b"])
+
+
+def test_add_vectors_appends_without_rewriting_the_shard(data):
+    """The Kafka worker's path: a small batch added to a large shard is stored as an
+    append-log batch (the shard file is not rewritten); a fresh handler replays the log;
+    once the log is as large as the shard file it is folded in and its objects removed."""
+    tmp, sets, vec = data
+    st = open_store(tmp / "store")
+    h = IndexerHandler(st)
+    h.build_index(sets["train"][0], "inc", index_type="IVF4,Flat")
+    shard_file = st.get_bytes("indexes/inc/shard-000.faiss")
+    n = len(vec["train"])
+    batches = [(vec["test_a"][i:i + 10], [f"add-{i + j}" for j in range(10)]) for i in range(0, 40, 10)]
+    for i, (x, keys) in enumerate(batches):
+        assert h.add_vectors("inc", x, keys, model_id="tiny-m", source=f"ev{i}") == 10
+    assert st.get_bytes("indexes/inc/shard-000.faiss") == shard_file          # not rewritten
+    info = json.loads(st.get_bytes("indexes/inc/index.json"))
+    appends = info["shards"][0]["appends"]
+    assert [a["count"] for a in appends] == [10] * 4 and info["count"] == n + 40
+    ist = st.child("indexes/inc")
+    assert all(ist.exists(a["vectors"]) and ist.exists(a["keys"]) for a in appends)
+    q = vec["test_a"][:40]
+    fresh = IndexerHandler(open_store(tmp / "store"))                          # replays the log
+    assert fresh.index_info("inc").count == n + 40
+    assert fresh.search(index="inc", k=3, vectors=q) == h.search(index="inc", k=3, vectors=q)
+    assert fresh.search(index="inc", k=1, keys=["add-17"])[0][0][0] == "add-17"
+    assert h.add_vectors("inc", batches[0][0], batches[0][1], model_id="tiny-m", source="ev0") == 0  # redelivered
+
+    # a batch that makes the log as large as the shard file folds it in
+    big = clustered(np.random.default_rng(5), n, D, 8)
+    h.add_vectors("inc", big, [f"big-{i}" for i in range(n)], model_id="tiny-m", source="big")
+    info = json.loads(st.get_bytes("indexes/inc/index.json"))
+    assert info["shards"][0]["appends"] == [] and info["count"] == 2 * n + 40
+    assert st.get_bytes("indexes/inc/shard-000.faiss") != shard_file
+    assert not any(ist.exists(a["vectors"]) or ist.exists(a["keys"]) for a in appends)
+    fresh = IndexerHandler(open_store(tmp / "store"))
+    assert fresh.search(index="inc", k=5, vectors=q) == h.search(index="inc", k=5, vectors=q)
