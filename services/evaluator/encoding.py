@@ -7,6 +7,7 @@ batch encoder) can replace the simple loop here without touching the evaluator.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from clipaudit.errors import FailedPrecondition, InvalidInput
+from clipaudit.lru import ByteBoundedLRU
 from services.evaluator.checkpoints import EvaluatedModel
 from services.evaluator.testsets import TestSetSource, image_bytes, iter_shard_samples, sample_metadata
 
@@ -103,13 +105,93 @@ def encode_test_set(model: EvaluatedModel, source: TestSetSource, *, batch_size:
                           cancelled=cancelled)
 
 
-def _encode_shards(model, source, *, batch_size, hook_layers, progress, cancelled) -> EncodedTestSet:
+# Preprocessed test images, per process: a study evaluates dozens of checkpoints of one
+# architecture on the same test sets, and decoding + preprocessing is most of an
+# evaluation's cost at small model sizes. Keyed by the shards' identity and the exact
+# preprocessing; a test set larger than the bound is streamed and not kept.
+PREPROCESSED = ByteBoundedLRU(int(os.environ.get("CLIPAUDIT_EVALUATOR_CACHE_MB", "512")) << 20)
+
+
+def _cache_key(source: TestSetSource, preprocess) -> tuple:
+    """The shards (name, size, and mtime when local) and the preprocessing (its repr
+    names every resize, crop and normalisation constant)."""
+    local = getattr(source.store, "local_path", None)
+    shards = []
+    for key in source.shard_keys:
+        if local is not None:
+            st = local(key).stat()
+            shards.append((key, st.st_size, st.st_mtime_ns))
+        else:
+            shards.append((key, source.store.size(key)))
+    return source.location, tuple(shards), repr(preprocess)
+
+
+def _preprocessed_batches(model, source, *, batch_size, progress, cancelled):
+    """Yield ``(x, rows)`` batches of preprocessed images and their label rows; the
+    second element of the returned pair is filled with the skipped count at the end.
+    Served from :data:`PREPROCESSED` when this test set was prepared before."""
     import torch
 
     from clipaudit.errors import Cancelled
     from clipaudit.images import BadImage, decode_image
     from clipaudit.shards import warn_and_continue
 
+    key = _cache_key(source, model.preprocess)
+    hit = PREPROCESSED.get(key)
+    if hit is not None:
+        batches, skipped = hit
+        for x, rows in batches:
+            if cancelled and cancelled():
+                raise Cancelled("evaluation cancelled")
+            if len(x) <= batch_size:
+                yield x, rows
+            else:
+                for s in range(0, len(x), batch_size):
+                    yield x[s:s + batch_size], rows[s:s + batch_size]
+        return skipped
+
+    keep: list | None = []          # what will be cached, dropped once over the bound
+    kept_bytes = 0
+    pending_x, pending_rows = [], []
+    skipped = 0
+
+    def batch():
+        nonlocal keep, kept_bytes
+        x, rows = torch.stack(pending_x), list(pending_rows)
+        pending_x.clear()
+        pending_rows.clear()
+        if keep is not None:
+            kept_bytes += x.numel() * x.element_size()
+            keep = keep if kept_bytes <= PREPROCESSED.max_bytes else None
+            if keep is not None:
+                keep.append((x, rows))
+        return x, rows
+
+    for sample in iter_shard_samples(source, warn_and_continue):
+        if cancelled and cancelled():
+            raise Cancelled("evaluation cancelled")
+        data = image_bytes(sample)
+        if data is None:
+            skipped += 1
+            continue
+        try:
+            img = decode_image(data)
+        except BadImage as e:
+            log.warning("skipping %s: %s", sample.get("__key__"), e)
+            skipped += 1
+            continue
+        pending_x.append(model.preprocess(img))
+        pending_rows.append(sample_metadata(sample))
+        if len(pending_x) >= batch_size:
+            yield batch()
+    if pending_x:
+        yield batch()
+    if keep is not None:
+        PREPROCESSED.put(key, (keep, skipped), size=kept_bytes)
+    return skipped
+
+
+def _encode_shards(model, source, *, batch_size, hook_layers, progress, cancelled) -> EncodedTestSet:
     layers = image_layers(model.image_tower) if hook_layers else []
     captured: dict[str, list[np.ndarray]] = {n: [] for n, _ in layers}
     current = {"batch": 0}
@@ -120,40 +202,20 @@ def _encode_shards(model, source, *, batch_size, hook_layers, progress, cancelle
             captured[name].append(_pool(out, current["batch"], batch_first))
         handles.append(module.register_forward_hook(hook))
 
-    outputs, rows, pending_x, pending_rows = [], [], [], []
-    skipped = 0
-
-    def flush():
-        if not pending_x:
-            return
-        x = torch.stack(pending_x).to(model.device)
-        current["batch"] = len(pending_x)
-        outputs.append(_forward(model, x).cpu().numpy())
-        rows.extend(pending_rows)
-        pending_x.clear()
-        pending_rows.clear()
-        if progress:
-            progress("encode", len(rows), 0, source.name)
-
+    outputs, rows = [], []
+    batches = _preprocessed_batches(model, source, batch_size=batch_size, progress=progress, cancelled=cancelled)
     try:
-        for sample in iter_shard_samples(source, warn_and_continue):
-            if cancelled and cancelled():
-                raise Cancelled("evaluation cancelled")
-            data = image_bytes(sample)
-            if data is None:
-                skipped += 1
-                continue
+        while True:
             try:
-                img = decode_image(data)
-            except BadImage as e:
-                log.warning("skipping %s: %s", sample.get("__key__"), e)
-                skipped += 1
-                continue
-            pending_x.append(model.preprocess(img))
-            pending_rows.append(sample_metadata(sample))
-            if len(pending_x) >= batch_size:
-                flush()
-        flush()
+                x, batch_rows = next(batches)
+            except StopIteration as stop:
+                skipped = stop.value or 0
+                break
+            current["batch"] = len(x)
+            outputs.append(_forward(model, x.to(model.device)).cpu().numpy())
+            rows.extend(batch_rows)
+            if progress:
+                progress("encode", len(rows), 0, source.name)
     finally:
         for h in handles:
             h.remove()

@@ -54,7 +54,7 @@ class EvaluationSpec(BaseModel):
     mechanistic: MechanisticSpec | None = None
     family: str | None = None
     label: str | None = None                      # how the model is named in tables
-    batch_size: int = Field(64, ge=1, le=4096)
+    batch_size: int = Field(256, ge=1, le=4096)
     seed: int = 0
     device: str = "cpu"
 
