@@ -192,7 +192,31 @@ class EmbeddingSet:
         return pd.concat([self.load_metadata(p, columns) for p in self.parts], ignore_index=True)
 
     def __len__(self) -> int:
-        return sum(len(self.load_vectors(p)) for p in self.parts)
+        """Rows in the set, without reading the vectors: a local part is memory-mapped
+        (only its header is read); a remote part's row count follows from its object
+        size and the .npy header numpy writes for that shape (one HEAD request)."""
+        return sum(self._part_rows(p) for p in self.parts)
+
+    def _part_rows(self, part: str) -> int:
+        key = f"img_emb/img_emb_{part}.npy"
+        if getattr(self.store, "local_path", None) is not None:
+            return len(self.load_vectors(part))
+        dtype = np.dtype(self.info.dtype)
+        row_bytes = self.info.dim * dtype.itemsize
+        size = self.store.size(key)
+        for header in range(64, min(size, 4096) + 1, 64):    # .npy headers are padded to 64 bytes
+            rows, rest = divmod(size - header, row_bytes)
+            if not rest and _npy_header_bytes((rows, self.info.dim), dtype) == header:
+                return rows
+        return len(self.load_vectors(part))                    # not written by np.save: read it
+
+
+def _npy_header_bytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """Length of the header np.save writes for a C-ordered array of this shape and dtype."""
+    fake = np.broadcast_to(np.zeros((), dtype), shape)     # no memory: zero strides
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, np.lib.format.header_data_from_array_1_0(fake))
+    return buf.tell()
 
 
 def _natural_key(s: str):
