@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import threading
 import time
 from bisect import bisect_right
@@ -267,8 +268,10 @@ class IndexerHandler:
     def __init__(self, store: Store, *, metrics=None, embed_texts: EmbedTexts | None = None,
                  embedder_model_id: str | None = None, device: str = "auto",
                  query_block: int = logic.DEFAULT_QUERY_BLOCK, ref_block: int = logic.DEFAULT_REF_BLOCK,
-                 memory_budget_bytes: int = 8 << 30, default_index: str = "default", progress: bool = False):
+                 memory_budget_bytes: int = 8 << 30, default_index: str = "default", progress: bool = False,
+                 spill_dir: str | None = None):
         self.store = store
+        self.spill_dir = spill_dir              # local scratch for dedup's cluster buckets (None: system temp)
         self.metrics = metrics
         self.embed_texts = embed_texts
         self.embedder_model_id = embedder_model_id
@@ -440,17 +443,37 @@ class IndexerHandler:
     @_counted("dedup")
     def dedup(self, train: str, threshold: float, out: str, *, clusters: int = 1, seed: int = 0) -> Manifest:
         """k-means into ``clusters`` clusters, then greedy in-cluster dedup (keep iff max
-        similarity to earlier kept points <= threshold). Holds the set in memory (float32)."""
+        similarity to earlier kept points <= threshold), streamed: k-means is trained on a
+        strided sample (<= 256 points per centroid), then the set is assigned block by
+        block and spilled by cluster to local disk (``spill_dir``, default the system
+        temp dir), and clusters are deduplicated one disk bucket at a time. Memory: a
+        block + a bucket (a quarter of the memory budget) + one bool per vector."""
         t0 = time.perf_counter()
+        if not -1.0 <= threshold <= 1.0:
+            raise InvalidInput(f"dedup threshold must be a cosine similarity in [-1, 1], got {threshold}")
+        if clusters < 1:
+            raise InvalidInput(f"--clusters must be >= 1, got {clusters}")
         tset = _open_set(train)
-        vectors, keys = _load_set(tset, "training set")
-        self._scanned("dedup")(vectors.nbytes)
-        kept = logic.dedup(vectors, threshold, clusters=clusters, seed=seed)
-        m = write_manifest(out, keys[kept], rule="dedup",
+        n = len(tset)
+        if n == 0:
+            raise InvalidInput(f"training set {tset.uri()} is empty")
+        on_bytes = self._scanned("dedup")
+        stride = max(1, n // (256 * clusters))
+        sample = np.concatenate([b[::stride] for b in SetScan(tset, 65536, on_bytes=on_bytes).blocks()])
+        centroids = logic.kmeans_centroids(sample, clusters, seed=seed)
+        del sample
+        scan = SetScan(tset, 65536, on_bytes=on_bytes, progress=self.progress, desc="dedup")
+        with tempfile.TemporaryDirectory(prefix="clipaudit-dedup-", dir=self.spill_dir) as spill:
+            keep = logic.dedup_streamed(scan.blocks(), n, threshold, centroids, spill,
+                                        bucket_bytes=max(1 << 20, self.memory_budget_bytes // 4),
+                                        dtype=np.dtype(tset.info.dtype))
+        kept = np.flatnonzero(keep)
+        m = write_manifest(out, scan.keys_at(kept), rule="dedup",
                            parameters={"threshold": threshold, "clusters": clusters, "seed": seed,
-                                       "removed": int(len(keys) - len(kept)), "train_size": int(len(keys))},
+                                       "removed": int(n - len(kept)), "train_size": int(n)},
                            parent=tset.uri())
-        self._finished("dedup", time.perf_counter() - t0, vectors.nbytes)
+        nbytes = 2 * n * tset.dim * np.dtype(tset.info.dtype).itemsize
+        self._finished("dedup", time.perf_counter() - t0, nbytes)
         return m
 
     # ---- kNN indexes

@@ -413,22 +413,32 @@ def kmeans_assign(vectors: np.ndarray, n_clusters: int, *, seed: int = 0, niter:
     return assign[:, 0].astype(np.int64)
 
 
-def greedy_dedup_cluster(vectors: np.ndarray, threshold: float) -> np.ndarray:
+def greedy_dedup_cluster(vectors: np.ndarray, threshold: float, *, block: int = 2048) -> np.ndarray:
     """Inside one cluster, in order: keep a point iff its max similarity to the points
     kept before it is <= threshold. Similarities in float64 (exact for float16 data).
-    Returns a bool mask of kept points."""
+    Returns a bool mask of kept points.
+
+    Blocked, so a large cluster never needs its n x n Gram matrix: each block of
+    ``block`` points is first compared with the points kept in earlier blocks (in
+    chunks), then the sequential rule runs inside the block."""
     n = len(vectors)
     keep = np.ones(n, dtype=bool)
     if n <= 1:
         return keep
-    x = np.asarray(vectors, dtype=np.float64)
-    g = x @ x.T
-    close = np.triu(g > threshold, k=1)       # close[i, j]: i before j and too similar
-    suspects = np.flatnonzero(close.any(axis=0))
-    for j in suspects:                       # only points with a close earlier point need the sequential rule
-        earlier = np.flatnonzero(close[:j, j])
-        if keep[earlier].any():
-            keep[j] = False
+    kept: list[np.ndarray] = []                       # float64 points kept by earlier blocks
+    for s in range(0, n, block):
+        x = np.asarray(vectors[s:s + block], dtype=np.float64)
+        alive = np.ones(len(x), dtype=bool)           # no close point kept in an earlier block
+        for k in kept:
+            alive &= ~((x @ k.T) > threshold).any(axis=1)
+        close = np.triu((x @ x.T) > threshold, k=1)  # close[i, j]: i before j and too similar
+        kb = alive
+        for j in np.flatnonzero(close.any(axis=0)):  # only points with a close earlier point
+            if kb[j] and kb[np.flatnonzero(close[:j, j])].any():
+                kb[j] = False
+        keep[s:s + len(x)] = kb
+        if kb.any():
+            kept.append(x[kb])
     return keep
 
 
@@ -448,6 +458,81 @@ def dedup(vectors: np.ndarray, threshold: float, *, clusters: int = 1, seed: int
     for members in np.split(order, bounds):
         keep[members] = greedy_dedup_cluster(vectors[members], threshold)
     return np.flatnonzero(keep)
+
+
+def kmeans_centroids(sample: np.ndarray, n_clusters: int, *, seed: int = 0, niter: int = 20) -> np.ndarray:
+    """Spherical k-means (faiss) centroids trained on a sample (at most 256 points per
+    centroid are used, as faiss would subsample anyway)."""
+    import faiss
+
+    x = np.ascontiguousarray(sample, dtype=np.float32)
+    k = max(1, min(n_clusters, len(x)))
+    if k == 1:
+        return np.ascontiguousarray(x.mean(axis=0, keepdims=True))
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True, verbose=False,
+                      max_points_per_centroid=256)
+    km.train(x)
+    return km.centroids.copy()
+
+
+def assign_to_centroids(block: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Cluster id of every row: the most similar centroid, ties -> the smaller id."""
+    if len(centroids) == 1:
+        return np.zeros(len(block), dtype=np.int64)
+    _, pos = nn_similarity(block, (centroids,), 1, device="cpu")
+    return pos[:, 0]
+
+
+def dedup_streamed(blocks: Iterable[np.ndarray], n: int, threshold: float, centroids: np.ndarray, spill_dir: str,
+                   *, bucket_bytes: int = 1 << 30, dtype=np.float16, on_block: ProgressFn | None = None
+                   ) -> np.ndarray:
+    """:func:`dedup` for a set larger than memory. Returns the kept mask (n bools).
+
+    Pass 1 streams the blocks, assigns each row to its cluster and appends it (float16,
+    as stored, with its position) to one of B bucket files on local disk, a bucket
+    holding whole clusters, B chosen so a bucket is about ``bucket_bytes``. ``dtype`` is
+    the set's stored dtype, so spilling loses nothing. Pass 2
+    reads one bucket at a time and runs the in-cluster greedy rule in training-set
+    order. Peak memory: one block + one bucket (+ n bools), whatever n is."""
+    if n == 0:
+        raise InvalidInput("the training set is empty")
+    if not -1.0 <= threshold <= 1.0:
+        raise InvalidInput(f"dedup threshold must be a cosine similarity in [-1, 1], got {threshold}")
+    import os
+
+    k, d = centroids.shape
+    rec = np.dtype([("cluster", np.int64), ("pos", np.int64), ("vec", dtype, (d,))])
+    buckets = int(max(1, min(k, math.ceil(n * rec.itemsize / bucket_bytes))))
+    files = [open(os.path.join(spill_dir, f"bucket-{b:05d}.bin"), "wb") for b in range(buckets)]
+    start = 0
+    try:
+        for block in blocks:
+            assign = assign_to_centroids(block, centroids)
+            rows = np.empty(len(block), dtype=rec)
+            rows["cluster"], rows["pos"] = assign, np.arange(start, start + len(block))
+            rows["vec"] = block
+            bucket = assign % buckets
+            for b in np.unique(bucket):
+                rows[bucket == b].tofile(files[b])
+            start += len(block)
+            if on_block:
+                on_block(len(block))
+    finally:
+        for f in files:
+            f.close()
+    if start != n:
+        raise InvalidInput(f"the training set has {start} rows, {n} were announced")
+    keep = np.zeros(n, dtype=bool)
+    for b in range(buckets):
+        path = os.path.join(spill_dir, f"bucket-{b:05d}.bin")
+        rows = np.fromfile(path, dtype=rec)
+        os.remove(path)
+        order = np.argsort(rows["cluster"], kind="stable")   # rows were written in position order
+        rows = rows[order]
+        bounds = np.flatnonzero(np.diff(rows["cluster"])) + 1
+        for members in np.split(np.arange(len(rows)), bounds):
+            keep[rows["pos"][members]] = greedy_dedup_cluster(rows["vec"][members], threshold)
+    return keep
 
 
 # -- FAISS index planning --------------------------------------------------------------

@@ -292,3 +292,19 @@ def test_add_vectors_appends_without_rewriting_the_shard(data):
     assert not any(ist.exists(a["vectors"]) or ist.exists(a["keys"]) for a in appends)
     fresh = IndexerHandler(open_store(tmp / "store"))
     assert fresh.search(index="inc", k=5, vectors=q) == h.search(index="inc", k=5, vectors=q)
+
+
+def test_dedup_streams_through_buckets_and_matches_oracle(data, tmp_path):
+    """One cluster (no k-means randomness), a memory budget that forces many disk
+    buckets: the handler's kept keys are the greedy oracle's."""
+    from tests.unit.test_indexer_logic import greedy_oracle
+
+    tmp, sets, vec = data
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    h = IndexerHandler(open_store(tmp / "store"), memory_budget_bytes=64 << 10, spill_dir=str(spill))
+    m = h.dedup(sets["train"][0], 0.876, str(tmp / "dd"), clusters=1)
+    want = greedy_oracle(vec["train"], np.zeros(len(vec["train"]), int), 0.876)
+    assert list(read_manifest(tmp / "dd").keys) == list(sets["train"][1][want])
+    assert m.lineage.parameters["removed"] == len(vec["train"]) - len(want) > 0
+    assert list(spill.iterdir()) == []

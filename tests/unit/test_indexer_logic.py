@@ -277,3 +277,27 @@ def test_merge_topk_across_shards():
     sims, ids = logic.merge_topk([a, b, c], 4)
     assert ids.tolist() == [[20, 3, 10, 0]]
     np.testing.assert_allclose(sims, [[0.95, 0.9, 0.7, 0.5]])
+
+
+def test_blocked_greedy_equals_oracle_across_blocks():
+    rng = np.random.default_rng(5)
+    x = clustered(rng, 300, 32, 3, spread=0.5)
+    x = np.concatenate([x, x[:40], x[100:120]])       # duplicates that land in later blocks
+    for thr in (0.876, 0.95):
+        want = greedy_oracle(x, np.zeros(len(x), int), thr)
+        for block in (1, 7, 64, 10_000):
+            assert (np.flatnonzero(logic.greedy_dedup_cluster(x, thr, block=block)) == want).all()
+
+
+def test_dedup_streamed_through_disk_buckets_equals_oracle(tmp_path):
+    rng = np.random.default_rng(6)
+    x = clustered(rng, 700, 32, 6, spread=0.6).astype(np.float16).astype(np.float32)
+    x = np.concatenate([x, x[:60]])                    # exact duplicates, later in the stream
+    centroids = logic.kmeans_centroids(x[::3], 6, seed=0)
+    assign = logic.assign_to_centroids(x, centroids)
+    blocks = (x[s:s + 50] for s in range(0, len(x), 50))
+    keep = logic.dedup_streamed(blocks, len(x), 0.876, centroids, str(tmp_path), bucket_bytes=4096)
+    assert (np.flatnonzero(keep) == greedy_oracle(x, assign, 0.876)).all()
+    assert list(tmp_path.iterdir()) == []             # buckets are removed once read
+    with pytest.raises(InvalidInput):
+        logic.dedup_streamed(iter([x]), len(x) + 1, 0.9, centroids, str(tmp_path))
