@@ -1,4 +1,4 @@
-"""`clipaudit embed` throughput against its two ceilings (and clip-retrieval), same run.
+"""`clipaudit embed` throughput against its two ceilings, same run.
 
     python benchmarks/embedder_throughput.py --model clipaudit-tiny --images 20000    # decode-bound
     python benchmarks/embedder_throughput.py --model ViT-B-32 --images 2000           # compute-bound on CPU
@@ -10,19 +10,17 @@ What is measured, on the same JPEG shards and the same randomly initialised mode
 * ``embed``: the whole ``clipaudit embed`` command in a subprocess — wall time with
   start-up (imports, model build, workers) — and its steady-state loop rate (the
   summary's ``images_per_s``), once with ``OMP_WAIT_POLICY=PASSIVE`` (our default)
-  and once with OpenMP's default spin-waiting (``--omp both``).
+  and once with OpenMP's default spin-waiting (``--omp both``); with ``--busy`` each
+  of the two is also run beside a second busy process (``busy_process``: a torch
+  matmul loop on every core, what another job on the machine looks like).
 * ``model_ceiling``: the same model's ``encode_image`` on random tensors, same
   batch size and dtype/autocast, in this process (no decoding at all).
 * ``decode_ceiling``: JPEG decode + our preprocessing alone, on every core (a
   process pool over the same images' bytes, no model).
-* ``peer``: clip-retrieval's ``clip-retrieval inference`` on the same shards with the
-  same random-init weights (a checkpoint file), if a virtualenv with it exists
-  (``--peer-venv``, default /tmp/cr-venv). It is NOT part of the project's install;
-  create it for the benchmark only::
+* on CPU, the ``shared_core_bound`` ``1/(1/model + 1/decode)``: decoding and the model
+  share the same cores, so neither ceiling can be reached while the other runs.
 
-      python3 -m venv /tmp/cr-venv
-      /tmp/cr-venv/bin/pip install clip-retrieval "open_clip_torch<3" "numpy<2" \\
-          webdataset==0.2.86 "setuptools<81"
+clip-retrieval on the same shards and weights: benchmarks/embedder_vs_clip_retrieval.py.
 
 Prints one JSON object (also written to ``--out``). Never fails on speed. This
 machine may be shared: compare the ratios, which are measured in the same run.
@@ -34,7 +32,6 @@ import argparse
 import io
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -171,6 +168,24 @@ def decode_ceiling(jpegs: list[bytes], spec, workers: int, resize_on_device: boo
 # --------------------------------------------------------------------------- runs
 
 
+BUSY_CODE = """
+import torch
+torch.set_num_threads({threads})
+a = torch.randn(384, 384)
+while True:
+    a = torch.tanh(a @ a)
+"""
+
+
+def busy_process(threads: int) -> subprocess.Popen:
+    """A second busy process: a torch matmul loop on ``threads`` threads (OpenMP's default wait policy)."""
+    env = dict(os.environ)
+    env.pop("OMP_WAIT_POLICY", None)
+    p = subprocess.Popen([sys.executable, "-c", BUSY_CODE.format(threads=threads)], env=env)
+    time.sleep(3.0)   # let it import torch and start spinning
+    return p
+
+
 def run_embed(data: Path, model: str, out: Path, device: str, batch: int | None, workers: int | None,
               omp: str) -> dict:
     env = dict(os.environ)
@@ -196,34 +211,6 @@ def run_embed(data: Path, model: str, out: Path, device: str, batch: int | None,
             "batch_size": s["batch_size"], "workers": s["workers"], "omp_wait_policy": omp}
 
 
-def run_peer(venv: Path, data: Path, n_shards: int, model: str, ckpt: Path, out: Path, batch: int,
-             workers: int, device: str) -> dict:
-    exe = venv / "bin" / "clip-retrieval"
-    if not exe.exists():
-        return {"skipped": f"no clip-retrieval at {exe}; create the venv as the docstring says"}
-    shutil.rmtree(out, ignore_errors=True)
-    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
-    if device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""
-    shards = f"{data}/bench-{{{0:06d}..{n_shards - 1:06d}}}.tar"
-    cmd = [str(exe), "inference", "--input_dataset", shards, "--input_format", "webdataset",
-           "--output_folder", str(out), "--enable_text", "False", "--enable_metadata", "False",
-           "--clip_model", f"open_clip:{model}/{ckpt}", "--batch_size", str(batch),
-           "--num_prepro_workers", str(workers), "--write_batch_size", str(10 ** 7)]
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if p.returncode != 0:
-        return {"error": (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1][:400]}
-    n = 0
-    for f in (out / "img_emb").glob("*.npy"):
-        n += int(np.load(f, mmap_mode="r").shape[0])
-    # its logger prints a running "sample_per_sec" — the last one is its steady-state loop rate
-    rates = [float(x) for x in re.findall(r"sample_per_sec\s*[:=]?\s*([0-9.]+)", p.stdout + p.stderr)]
-    return {"wall_s": wall, "images": n, "images_per_s_wall": n / wall if wall else 0.0,
-            "images_per_s_loop": rates[-1] if rates else None}
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="clipaudit-tiny")
@@ -234,10 +221,10 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--workers", type=int, default=None, help="decode workers of `clipaudit embed` (default: all cores)")
     ap.add_argument("--precision", default="auto")
+    ap.add_argument("--busy", action="store_true",
+                    help="also run each embed beside a second busy process (a torch matmul loop on every core)")
     ap.add_argument("--omp", choices=["passive", "both"], default="both",
                     help="also run embed with OpenMP's default spin-waiting (both)")
-    ap.add_argument("--peer-venv", default="/tmp/cr-venv")
-    ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the temporary shards")
     ap.add_argument("--out", default=None, help="also write the JSON here")
@@ -292,6 +279,15 @@ def main(argv=None) -> int:
                                      "passive")}
         if args.omp == "both":
             runs["spin"] = run_embed(tmp / "data", model_spec, tmp / "out", args.device, batch, args.workers, "spin")
+        if args.busy:
+            for omp in list(runs):
+                hog = busy_process(CPUS)
+                try:
+                    runs[f"{omp}_beside_busy_process"] = run_embed(tmp / "data", model_spec, tmp / "out", args.device,
+                                                                   batch, args.workers, omp)
+                finally:
+                    hog.kill()
+                    hog.wait()
         result["embed"] = runs
         for r in runs.values():
             if "error" not in r:
@@ -301,16 +297,6 @@ def main(argv=None) -> int:
                     r["ratio_loop_to_shared_core_bound"] = r["images_per_s_loop"] / result["shared_core_bound"][
                         "images_per_s"]
 
-        if not args.no_peer:
-            peer = run_peer(Path(args.peer_venv), tmp / "data", n_shards, args.model, ckpt, tmp / "peer",
-                            batch, args.workers or CPUS, args.device)
-            result["peer_clip_retrieval"] = peer
-            ours = runs["passive"]
-            if "images_per_s_wall" in peer and "images_per_s_wall" in ours and peer["images_per_s_wall"]:
-                peer["ratio_to_lower_ceiling_wall"] = peer["images_per_s_wall"] / lower
-                result["ours_over_peer_wall"] = ours["images_per_s_wall"] / peer["images_per_s_wall"]
-                if peer.get("images_per_s_loop"):
-                    result["ours_over_peer_loop"] = ours["images_per_s_loop"] / peer["images_per_s_loop"]
         result["loadavg_end"] = os.getloadavg()
     finally:
         if not args.keep:
