@@ -47,6 +47,7 @@ def spec_from_args(args) -> dict:
         "epochs": args.epochs, "samples": args.samples, "batch_size": args.batch_size,
         "accum_steps": args.accum_steps, "lr": args.lr, "weight_decay": args.wd, "warmup_steps": args.warmup,
         "grad_clip": args.grad_clip, "precision": args.precision, "seed": args.seed, "device": args.device,
+        "threads": args.threads,
         "workers": args.workers, "cache": args.cache, "out": args.out, "checkpoint_every": args.checkpoint_every,
         "log_every": args.log_every,
     }
@@ -60,6 +61,11 @@ def spec_from_args(args) -> dict:
 
 def cmd_train(args) -> int:
     import logging
+    import os
+
+    # before torch loads OpenMP: idle intra-op threads sleep instead of spinning on CPUs
+    # that the data loader workers (or anyone else on the machine) need
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     from services.trainer.handler import train
     from services.trainer.spec import parse_spec
@@ -102,6 +108,7 @@ def register(subparsers) -> None:
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, help="CPU intra-op threads (default: one per idle CPU)")
     p.add_argument("--workers", type=int, help="data loader processes (streaming)")
     p.add_argument("--cache", choices=["auto", "memory", "stream"])
     p.add_argument("--out", help="output directory or s3://bucket/prefix")

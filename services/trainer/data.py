@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import mmap
 import os
 import tarfile
 import threading
@@ -41,7 +42,7 @@ from PIL import Image
 
 from clipaudit.errors import InvalidInput, NotFound
 from clipaudit.images import BadImage, decode_image
-from clipaudit.shards import iter_samples, split_member_name
+from clipaudit.shards import decode_value, iter_samples, split_member_name
 from services.trainer.logic import Batch, rank_indices, shard_plan, shuffled
 
 log = logging.getLogger(__name__)
@@ -94,22 +95,70 @@ def resolve_shards(data: Sequence[str], split: str) -> list[ShardRef]:
     return refs
 
 
+_BLOCK = 512
+
+
+def _ustar_members(buf) -> list[tuple[str, int, int]] | None:
+    """``(name, data offset, size)`` of the regular members of a plain ustar/GNU tar
+    (bytes or an mmap), from its 512-byte headers only: ~5x cheaper than ``tarfile``,
+    which builds a TarInfo per member (the small preset's 60k members took 1-3 s).
+    None when the tar holds anything else (PAX or GNU long-name headers, base-256
+    sizes): the caller then reads it the general way. A bad header or a member that
+    runs past the end raises ``tarfile.HeaderError``/``ReadError``."""
+    members: list[tuple[str, int, int]] = []
+    pos, end = 0, len(buf)
+    while True:
+        h = buf[pos:pos + _BLOCK]
+        if len(h) < _BLOCK:
+            raise tarfile.ReadError(f"truncated tar header at byte {pos}")
+        if h.count(0) == _BLOCK:
+            return members
+        kind = h[156:157]
+        if kind not in (b"0", b"\0", b"5") or h[124] & 0x80:
+            return None
+        try:
+            stored = int(h[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
+            size = int(h[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        except ValueError:
+            raise tarfile.HeaderError(f"bad number in the tar header at byte {pos}") from None
+        if stored != sum(h) - sum(h[148:156]) + 256:      # the checksum field counts as 8 spaces
+            raise tarfile.HeaderError(f"bad tar header checksum at byte {pos}")
+        if pos + _BLOCK + size > end:
+            raise tarfile.ReadError(f"truncated tar: the member at byte {pos} runs past the end ({end} bytes)")
+        if kind != b"5":
+            name = h[:100].split(b"\0", 1)[0]
+            if h[257:262] == b"ustar" and h[345] != 0:
+                name = h[345:500].split(b"\0", 1)[0] + b"/" + name
+            members.append((name.decode("utf-8", "surrogateescape"), pos + _BLOCK, size))
+        pos += _BLOCK + (size + _BLOCK - 1) // _BLOCK * _BLOCK
+
+
 def shard_sample_keys(ref: ShardRef) -> list[str]:
     """Sample keys of one shard in order, from the tar headers only."""
     src = ref.source()
     try:
-        f = open(src, "rb") if not isinstance(src, bytes) else io.BytesIO(src)
-        with f, tarfile.open(fileobj=f, mode="r:") as tf:
-            keys: list[str] = []
-            for m in tf:
-                if not m.isreg():
-                    continue
-                parts = split_member_name(m.name)
-                if parts and (not keys or keys[-1] != parts[0]):
-                    keys.append(parts[0])
-            return keys
+        if isinstance(src, bytes):
+            members = _ustar_members(src)
+        else:
+            with open(src, "rb") as f:
+                if os.fstat(f.fileno()).st_size == 0:
+                    raise tarfile.ReadError("empty file")
+                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                    members = _ustar_members(m)
+        if members is not None:
+            names = [name for name, _, _ in members]
+        else:   # PAX or GNU long names: tarfile knows them all
+            with (open(src, "rb") if not isinstance(src, bytes) else io.BytesIO(src)) as f, \
+                    tarfile.open(fileobj=f, mode="r:") as tf:
+                names = [m.name for m in tf if m.isreg()]
     except (tarfile.TarError, OSError) as e:
         raise InvalidInput(f"shard {ref.uri} is not a readable tar: {e}") from e
+    keys: list[str] = []
+    for name in names:
+        parts = split_member_name(name)
+        if parts and (not keys or keys[-1] != parts[0]):
+            keys.append(parts[0])
+    return keys
 
 
 @dataclass
@@ -143,13 +192,20 @@ def index_subset(refs: Sequence[ShardRef], wanted: set[str] | None) -> SubsetInd
 # --------------------------------------------------------------------------- decoding
 
 
-def tokenize_unique(tokenizer, captions: list[str]) -> torch.Tensor:
-    """Tokenize each distinct caption once (templated captions repeat a lot)."""
-    uniq = list(dict.fromkeys(captions))
-    if len(uniq) == len(captions):
-        return tokenizer(captions)
-    pos = {c: i for i, c in enumerate(uniq)}
-    return tokenizer(uniq)[torch.tensor([pos[c] for c in captions], dtype=torch.long)]
+def tokenize_unique(tokenizer, captions: list[str], cache: dict | None = None,
+                    max_cached: int = 200_000) -> torch.Tensor:
+    """Tokenize each distinct caption once (templated captions repeat a lot: the small
+    preset's 20k training captions hold 683 distinct ones). ``cache`` (caption -> token
+    row) carries what was tokenized to later calls, e.g. the batches of a stream worker;
+    it is emptied when it would pass ``max_cached`` captions."""
+    cache = {} if cache is None else cache
+    fresh = [c for c in dict.fromkeys(captions) if c not in cache]
+    if fresh:
+        if len(cache) + len(fresh) > max_cached:
+            cache.clear()
+            fresh = list(dict.fromkeys(captions))
+        cache.update(zip(fresh, tokenizer(fresh)))
+    return torch.stack([cache[c] for c in captions])
 
 
 class DecodedImages:
@@ -187,6 +243,39 @@ class DecodedImages:
 DECODED = DecodedImages(int(os.environ.get("CLIPAUDIT_TRAINER_DECODE_CACHE_MB", "1024")) << 20)
 
 
+def _jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
+    """(height, width, components) from a JPEG's frame header (SOFn), walking the
+    marker segments before it; None for anything else."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:                                  # fill byte
+            i += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if i + 10 > n:
+                return None
+            return int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big"), data[i + 9]
+        if marker == 0xDA:                                  # a scan before any frame header
+            return None
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
+def _decode_jpeg_rgb(data: bytes) -> np.ndarray:
+    """A 3-component JPEG -> uint8 HxWx3 through torchvision's libjpeg-turbo: the same
+    pixels as PIL (checked on every image of the small preset) at about half the
+    cost, since PIL parses the markers in Python. Raises RuntimeError on bad data."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    img = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    return img.permute(1, 2, 0).contiguous().numpy()
+
+
 @dataclass
 class SampleDecoder:
     """A raw WebDataset sample -> (uint8 HxWx3 image, caption, label). Raises BadImage."""
@@ -205,6 +294,11 @@ class SampleDecoder:
 
     def _decode(self, data: bytes) -> np.ndarray:
         s = self.image_size
+        if _jpeg_frame(data) == (s, s, 3):   # already the model's size: no resize, libjpeg straight to uint8
+            try:
+                return _decode_jpeg_rgb(data)
+            except RuntimeError:
+                pass                          # PIL names the problem below
         img = decode_image(data, draft_size=s)
         if img.size != (s, s):
             w, h = img.size
@@ -240,14 +334,73 @@ def _skip_bad(e: BaseException) -> bool:
 def iter_subset_samples(shards: Sequence[ShardRef], wanted: set[str] | None) -> Iterator[dict]:
     """Raw samples of the subset, shard after shard (undecoded members are bytes)."""
     for ref in shards:
-        for s in iter_samples(ref.source(), handler=_skip_bad):
+        src = ref.source()
+        local = None if isinstance(src, bytes) else _local_subset_samples(src, wanted)
+        if local is not None:
+            yield from local
+            continue
+        for s in iter_samples(src, handler=_skip_bad):
             if wanted is None or s["__key__"] in wanted:
                 yield s
 
 
-def collate(items: Sequence[tuple[np.ndarray, str | None, int | None]], tokenizer) -> Batch:
+def _local_subset_samples(path, wanted: set[str] | None) -> Iterator[dict] | None:
+    """The samples of a local plain-ustar shard that are in ``wanted``, read through an
+    mmap: the header walk of :func:`_ustar_members` instead of ``tarfile``, and the
+    members of samples outside the subset never copied or decoded. The same samples as
+    :func:`clipaudit.shards.iter_samples` (members grouped while the key repeats, ``txt``
+    as str, ``json`` parsed, a duplicate member or an undecodable value skipped). None
+    for any other tar (PAX, long names, damaged): the caller reads it the general way."""
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                return None
+            m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        members = _ustar_members(m)
+    except (OSError, ValueError, tarfile.TarError):
+        return None
+    if members is None:
+        m.close()
+        return None
+
+    def samples() -> Iterator[dict]:
+        try:
+            key, group = None, []
+            for name, off, size in [*members, ("", 0, 0)]:
+                parts = split_member_name(name) if name else ("", "")
+                if parts is None:
+                    continue
+                if parts[0] != key:
+                    if group and (wanted is None or key in wanted):
+                        sample = _decoded_sample(key, group, m, path)
+                        if sample is not None:
+                            yield sample
+                    key, group = parts[0], []
+                group.append((parts[1], off, size))
+        finally:
+            m.close()
+
+    return samples()
+
+
+def _decoded_sample(key: str, group, buf, path) -> dict | None:
+    sample: dict[str, Any] = {"__key__": key}
+    for ext, off, size in group:
+        if ext in sample:
+            log.warning("skipping: duplicate member %s.%s in %s", key, ext, path)
+            continue
+        try:
+            sample[ext] = decode_value(ext, buf[off:off + size])
+        except (ValueError, UnicodeDecodeError) as e:
+            log.warning("skipping: cannot decode .%s of sample %r in %s: %s", ext, key, path, e)
+            return None
+    return sample
+
+
+def collate(items: Sequence[tuple[np.ndarray, str | None, int | None]], tokenizer,
+            token_cache: dict | None = None) -> Batch:
     images = torch.from_numpy(np.stack([it[0] for it in items]))
-    texts = tokenizer([it[1] for it in items]) if tokenizer is not None else None
+    texts = tokenize_unique(tokenizer, [it[1] for it in items], token_cache) if tokenizer is not None else None
     labels = torch.tensor([it[2] for it in items], dtype=torch.long) if items and items[0][2] is not None else None
     return Batch(images, texts, labels)
 
@@ -338,6 +491,7 @@ class _EpochStream(torch.utils.data.IterableDataset):
         stream = shuffled(iter_subset_samples([src.index.shards[i] for i in order], src.index.wanted),
                           src.shuffle_buffer, rng)
         raw: list[dict] = []
+        tokens: dict = {}     # caption -> token row, for this reader's epoch
         done = 0
         for sample in stream:
             raw.append(sample)
@@ -351,7 +505,7 @@ class _EpochStream(torch.utils.data.IterableDataset):
                     except BadImage as e:
                         log.warning("skipping %s", e)
                 if items:
-                    yield collate(items, src.tokenizer)
+                    yield collate(items, src.tokenizer, tokens)
             done += 1
             raw = []
 

@@ -172,6 +172,39 @@ def _device(spec: JobSpec, dist: _Dist):
     return torch.device(name)
 
 
+def idle_cpus(window_s: float = 0.1) -> float | None:
+    """How many CPUs sat idle over the last ``window_s`` (``/proc/stat``; None elsewhere)."""
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return v[3] + v[4], sum(v[:8])        # idle + iowait, all but guest time
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(window_s)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (os.cpu_count() or 1) * (idle1 - idle0) / (total1 - total0)
+
+
+def cpu_threads(spec: JobSpec, saved: int | None = None) -> int:
+    """The run's intra-op thread count on CPU: the resumed run's (so a resumed run
+    computes exactly what the uninterrupted one did), else ``spec.threads``, else
+    ``OMP_NUM_THREADS`` when set, else one per idle CPU (``logic.intra_op_threads``)."""
+    import torch
+
+    from services.trainer.logic import intra_op_threads
+
+    if saved:
+        return int(saved)
+    if spec.threads or os.environ.get("OMP_NUM_THREADS"):
+        return spec.threads or torch.get_num_threads()
+    return intra_op_threads(0, torch.get_num_threads(), idle_cpus())
+
+
 @dataclass
 class _Model:
     module: Any
@@ -308,6 +341,8 @@ def train(spec: JobSpec, *, job_id: str, out: str | None = None, open_store: Cal
     if resume_state is not None and spec.mode == "supervised" and resume_state.get("classes") != built.classes:
         raise FailedPrecondition("checkpoint was trained on other classes than this job's")
     device = _device(spec, dist)
+    threads_before = torch.get_num_threads()
+    threads = cpu_threads(spec, (resume_state or {}).get("cpu_threads")) if device.type == "cpu" else threads_before
     decoder = SampleDecoder(built.image_size, spec.label_column if spec.mode == "supervised" else None,
                             {c: i for i, c in enumerate(classes)} if classes else None)
     use_memory = spec.cache == "memory" or (
@@ -388,6 +423,7 @@ def train(spec: JobSpec, *, job_id: str, out: str | None = None, open_store: Cal
             "arch": built.arch, "mode": spec.mode, "model_id": f"{built.arch}@{job_id}-step{step}",
             "classes": built.classes or [], "image_size": built.image_size, "history": history,
             "job_id": job_id, "world_size": dist.world, "final": final, "total_steps": total_steps,
+            "cpu_threads": threads if device.type == "cpu" else 0,
         }
 
     def save(final: bool) -> SavedCheckpoint | None:
@@ -417,6 +453,9 @@ def train(spec: JobSpec, *, job_id: str, out: str | None = None, open_store: Cal
 
     bar = _bar(total_steps, f"train {job_id}", show_progress and dist.rank == 0, initial=step)
     batches = stream()
+    torch.set_num_threads(threads)   # this thread's team only (OpenMP); restored below
+    log.info("%s: %d step(s) of %d on %s, %d intra-op thread(s), %s data", job_id, total_steps - step, total_steps,
+             device, threads, src.kind)
     window_t, window_samples = time.perf_counter(), 0
     sps = 0.0
     saved: SavedCheckpoint | None = None
@@ -464,6 +503,7 @@ def train(spec: JobSpec, *, job_id: str, out: str | None = None, open_store: Cal
         if bar:
             bar.close()
         batches.close()
+        torch.set_num_threads(threads_before)
     if dist.world > 1:
         import torch.distributed as tdist
 

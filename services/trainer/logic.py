@@ -284,6 +284,24 @@ class Stepper:
         return total
 
 
+# --------------------------------------------------------------------------- CPU threads
+
+
+def intra_op_threads(requested: int, available: int, idle_cpus: float | None) -> int:
+    """Intra-op threads for a CPU run: ``requested`` when > 0, else one per idle CPU
+    (at least 1, at most ``available``; all of them when idleness is unknown).
+
+    A thread team larger than the idle CPUs waits at every parallel region's barrier
+    for its descheduled members: on 2 cores shared with other jobs, the tiny model's
+    step took 1.2-1.6x longer with 2 threads than with 1 (services/trainer/README.md).
+    """
+    if requested > 0:
+        return requested
+    if idle_cpus is None:
+        return max(1, available)
+    return max(1, min(available, int(idle_cpus + 0.5)))
+
+
 # --------------------------------------------------------------------------- RNG
 
 

@@ -86,6 +86,8 @@ class JobSpec(BaseModel):
     grad_checkpointing: bool = False
     seed: int = 0
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    threads: int = Field(0, ge=0, description="CPU intra-op threads; 0: one per idle CPU when the run starts "
+                                              "(OMP_NUM_THREADS, when set, wins); a resumed run keeps its count")
     # ---- input pipeline
     workers: int = Field(0, ge=0, description="data loader processes (streaming); 0 reads in the training process")
     cache: Literal["auto", "memory", "stream"] = Field(

@@ -10,7 +10,7 @@ import pytest
 from clipaudit.errors import InvalidInput
 from services.trainer.data import round_robin_taken
 from services.trainer.logic import (
-    MixtureError, apportion, lr_at, rank_indices, resolve_mixture, shard_plan, shuffled,
+    MixtureError, apportion, intra_op_threads, lr_at, rank_indices, resolve_mixture, shard_plan, shuffled,
     streaming_batches_per_slot,
 )
 from services.trainer.spec import JobSpec, parse_spec
@@ -74,6 +74,15 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_at(5, 2.0, 0, 10) == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi * 0.5)))
 
 
+def test_intra_op_threads_one_per_idle_cpu():
+    assert intra_op_threads(3, 2, 0.0) == 3              # asked for: given
+    assert intra_op_threads(0, 2, 1.9) == 2
+    assert intra_op_threads(0, 2, 1.2) == 1              # a busy core would stall the team
+    assert intra_op_threads(0, 2, 0.0) == 1              # never fewer than one
+    assert intra_op_threads(0, 4, 7.5) == 4              # never more than available
+    assert intra_op_threads(0, 4, None) == 4             # unknown idleness: all
+
+
 def test_shard_plan_deals_every_shard_once_and_reshuffles_per_epoch():
     slots = [shard_plan(10, 0, 3, s, 4) for s in range(4)]
     assert sorted(i for s in slots for i in s) == list(range(10))
@@ -123,3 +132,60 @@ def test_spec_round_trips_through_json():
                    total=100)
     assert parse_spec(spec.model_dump_json()) == spec
     assert [c.label for c in spec.components] == ["nat", "ren"]
+
+
+def test_header_index_reads_ustar_names_and_leaves_pax_to_tarfile():
+    import io
+    import tarfile
+
+    from services.trainer.data import _ustar_members
+
+    def tar(names, fmt):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+            for n in names:
+                ti = tarfile.TarInfo(n)
+                ti.size = 700
+                tf.addfile(ti, io.BytesIO(b"a" * 700))
+        return buf.getvalue()
+
+    names = ["d/k1.txt", "d/k1.jpg", "k2.txt", "p" * 120 + "/k3.txt"]   # the last needs the ustar prefix
+    raw = tar(names, tarfile.USTAR_FORMAT)
+    assert [m[0] for m in _ustar_members(raw)] == [m.name for m in tarfile.open(fileobj=io.BytesIO(raw))] == names
+    assert _ustar_members(tar(["ü" * 120 + ".txt"], tarfile.PAX_FORMAT)) is None
+    bad = bytearray(raw)
+    bad[3] ^= 1
+    with pytest.raises(tarfile.HeaderError):
+        _ustar_members(bytes(bad))
+    with pytest.raises(tarfile.ReadError):
+        _ustar_members(raw[:1000])
+
+
+def test_model_size_jpegs_decode_to_the_same_pixels_as_pil_and_others_take_pil():
+    import io
+
+    from PIL import Image
+
+    from clipaudit.errors import InvalidInput as Bad
+    from clipaudit.images import decode_image
+    from services.trainer.data import SampleDecoder, _jpeg_frame
+
+    rng = np.random.default_rng(0)
+
+    def jpeg(w, h, mode="RGB", **kw):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(mode).save(buf, "JPEG", **kw)
+        return buf.getvalue()
+
+    dec = SampleDecoder(32)
+    for data in [jpeg(32, 32), jpeg(32, 32, quality=30), jpeg(32, 32, progressive=True), jpeg(32, 32, "L"),
+                 jpeg(48, 40), jpeg(20, 20)]:
+        pil = np.array(decode_image(data, draft_size=32), dtype=np.uint8)
+        got = dec._decode(data)
+        assert got.shape == (32, 32, 3) and got.dtype == np.uint8
+        if pil.shape == (32, 32, 3):
+            np.testing.assert_array_equal(got, pil)
+    assert _jpeg_frame(jpeg(32, 24)) == (24, 32, 3) and _jpeg_frame(jpeg(32, 32, "L"))[2] == 1
+    assert _jpeg_frame(b"\x89PNG....") is None
+    with pytest.raises(Bad):                      # a truncated model-size JPEG: PIL's one clear line
+        dec._decode(jpeg(32, 32)[:300])
