@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--test-block", type=int, default=4096)
     ap.add_argument("--train-block", type=int, default=4096)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
     if args.quick:
         args.train, args.tests, args.reference = 100_000, 2000, 20_000
@@ -144,7 +145,11 @@ def main() -> None:
         ceiling = 2.0 * args.test_block * args.train_block * args.dim * n / (time.perf_counter() - t0) / 1e9
         result["fp32_matmul_ceiling_gflops"] = ceiling
         result["ratio_to_matmul_ceiling"] = result["gflops_prune"] / ceiling
+    result["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
     print(json.dumps(result, indent=2))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
