@@ -32,7 +32,7 @@ def build(rt: Runtime) -> ServiceParts:
     handler = IndexerHandler(rt.store, metrics=IndexerMetrics(rt.registry), embed_texts=embed,
                              embedder_model_id=embedder_model, device=s.device, query_block=s.query_block,
                              ref_block=s.ref_block, memory_budget_bytes=s.memory_budget_bytes,
-                             default_index=s.default_index)
+                             default_index=s.default_index, spill_dir=s.spill_dir or None)
     index = s.consume_index or s.default_index
 
     def on_event(event) -> None:

@@ -22,3 +22,4 @@ class IndexerSettings(ServiceSettings):
     consumer_group: str = "indexer"
     embedder_address: str = ""                # host:port of the embedder, for search by text
     search_threads: int = 1                   # faiss OpenMP threads per search call (requests run in parallel)
+    spill_dir: str = ""                       # local scratch for dedup's cluster buckets ("" = system temp)
