@@ -197,7 +197,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny preset, 20 steps, one round")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
-    ap.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="pin ours (and so the ceiling) to this many intra-op threads; 0: the trainer's choice")
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.preset, args.batch_size, args.repeats = 20, "tiny", min(args.batch_size, 32), 1
@@ -226,13 +227,14 @@ def main(argv=None) -> int:
         "device_name": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"cpu x{os.cpu_count()}",
         "model": args.model, "batch_size": args.batch_size, "steps": args.steps, "samples": args.steps * args.batch_size,
         "warmup_steps": args.warmup, "workers": args.workers, "precision": args.precision, "data": args.data,
-        "repeats": args.repeats, "torch": torch.__version__, "loadavg_before": os.getloadavg(), "rounds": [],
+        "repeats": args.repeats, "ours_threads": args.threads or "auto", "torch": torch.__version__,
+        "loadavg_before": os.getloadavg(), "rounds": [],
     }
     for r in range(args.repeats):
         order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
         rnd: dict = {"order": order}
         for kind in order:
-            rnd[kind] = run_child(args, kind, work)
+            rnd[kind] = run_child(args, kind, work, threads=args.threads)
             if kind == "ours_memory":   # the ceiling right after, with the thread count ours chose
                 rnd["ceiling"] = run_child(args, "ceiling", work, threads=rnd[kind].get("threads") or 0)
         oct_ = rnd.get("open_clip_train", {})

@@ -20,7 +20,7 @@ fly, never resharded.
      then decoded, so skipping to a resume position costs tar reads, no decoding.
      This is the LAION-scale path.
 
-Tested in ``tests/unit/test_trainer_data.py``.
+Tested in ``tests/unit/test_trainer_logic.py`` and ``tests/unit/test_trainer_train.py``.
 """
 
 from __future__ import annotations
@@ -133,6 +133,32 @@ def _ustar_members(buf) -> list[tuple[str, int, int]] | None:
         pos += _BLOCK + (size + _BLOCK - 1) // _BLOCK * _BLOCK
 
 
+_MEMBER_TABLES: "OrderedDict[tuple, list | None]" = OrderedDict()
+_MEMBER_TABLES_LOCK = threading.Lock()
+
+
+def _local_members(f, path) -> list[tuple[str, int, int]] | None:
+    """:func:`_ustar_members` of an open local shard, remembered per (path, size, mtime)
+    for the most recent shards holding up to 1M members (~100 MB): a run walks the headers
+    once for its index and once more to read the samples, and a study's runs read the
+    same shards again."""
+    st = os.fstat(f.fileno())
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    with _MEMBER_TABLES_LOCK:
+        if key in _MEMBER_TABLES:
+            _MEMBER_TABLES.move_to_end(key)
+            return _MEMBER_TABLES[key]
+    if st.st_size == 0:
+        raise tarfile.ReadError("empty file")
+    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        members = _ustar_members(m)
+    with _MEMBER_TABLES_LOCK:
+        _MEMBER_TABLES[key] = members
+        while sum(len(v or ()) for v in _MEMBER_TABLES.values()) > 1_000_000 and len(_MEMBER_TABLES) > 1:
+            _MEMBER_TABLES.popitem(last=False)
+    return members
+
+
 def shard_sample_keys(ref: ShardRef) -> list[str]:
     """Sample keys of one shard in order, from the tar headers only."""
     src = ref.source()
@@ -141,10 +167,7 @@ def shard_sample_keys(ref: ShardRef) -> list[str]:
             members = _ustar_members(src)
         else:
             with open(src, "rb") as f:
-                if os.fstat(f.fileno()).st_size == 0:
-                    raise tarfile.ReadError("empty file")
-                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-                    members = _ustar_members(m)
+                members = _local_members(f, src)
         if members is not None:
             names = [name for name, _, _ in members]
         else:   # PAX or GNU long names: tarfile knows them all
@@ -353,14 +376,11 @@ def _local_subset_samples(path, wanted: set[str] | None) -> Iterator[dict] | Non
     for any other tar (PAX, long names, damaged): the caller reads it the general way."""
     try:
         with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size == 0:
+            members = _local_members(f, path)
+            if members is None:
                 return None
             m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        members = _ustar_members(m)
     except (OSError, ValueError, tarfile.TarError):
-        return None
-    if members is None:
-        m.close()
         return None
 
     def samples() -> Iterator[dict]:

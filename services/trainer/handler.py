@@ -99,12 +99,12 @@ class StopTraining(Exception):
 
 def resolve_subset(spec: JobSpec, *, open_store: Callable | None = None) -> ResolvedSubset:
     """Read the manifests and draw the mixture (exact, seeded). Cheap: no shard is read."""
-    from clipaudit.manifests import read_manifest
-    from services.trainer.logic import MixtureError, resolve_mixture
-
     comps = spec.components
     if not comps:
         return ResolvedSubset(None, {"all": -1})
+    from clipaudit.manifests import read_manifest     # pandas: only when there is a manifest
+    from services.trainer.logic import MixtureError, resolve_mixture
+
     key_lists = []
     for c in comps:
         m = read_manifest(c.manifest)

@@ -189,3 +189,26 @@ def test_model_size_jpegs_decode_to_the_same_pixels_as_pil_and_others_take_pil()
     assert _jpeg_frame(b"\x89PNG....") is None
     with pytest.raises(Bad):                      # a truncated model-size JPEG: PIL's one clear line
         dec._decode(jpeg(32, 32)[:300])
+
+
+def test_a_rewritten_shard_is_indexed_again(tmp_path):
+    import io
+    import os
+    import tarfile
+
+    from clipaudit.store import LocalStore
+    from services.trainer.data import ShardRef, shard_sample_keys
+
+    def write(keys, mtime_ns):
+        with tarfile.open(tmp_path / "s.tar", "w", format=tarfile.USTAR_FORMAT) as tf:
+            for k in keys:
+                ti = tarfile.TarInfo(f"{k}.txt")
+                ti.size = 1
+                tf.addfile(ti, io.BytesIO(b"x"))
+        os.utime(tmp_path / "s.tar", ns=(mtime_ns, mtime_ns))
+
+    ref = ShardRef(LocalStore(tmp_path), "s.tar")
+    write(["a", "b"], 10**18)
+    assert shard_sample_keys(ref) == shard_sample_keys(ref) == ["a", "b"]
+    write(["c", "d"], 2 * 10**18)                 # same size, another mtime
+    assert shard_sample_keys(ref) == ["c", "d"]
