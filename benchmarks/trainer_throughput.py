@@ -8,7 +8,8 @@ own imports, data setup and model build), and the contenders are interleaved ove
 shared machine hits them alike. Per contender and round:
 
 * ``whole_job_samples_per_s``: samples / wall time of the process (imports, indexing,
-  decoding, model build, every step, and for ours the final checkpoint write).
+  decoding, model build, every step, the final checkpoint write: open_clip_train writes
+  ``epoch_1.pt`` with the optimizer too).
 * ``steady_samples_per_s``: batch / mean step time after ``--warmup`` steps.
 
 Contenders:
@@ -37,6 +38,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -151,12 +153,14 @@ def run_child(args, kind: str, work: Path, threads: int = 0) -> dict:
     if kind == "open_clip_train":
         log_file = out / "bench" / "out.log"   # the same lines also go to stdout: read one copy
         text = log_file.read_text() if log_file.is_file() else p.stdout + p.stderr
+        shutil.rmtree(out / "bench" / "checkpoints", ignore_errors=True)   # ViT-B-32: 1.8 GB each
         times = [float(x) for x in re.findall(r"Batch \(t\): ([0-9.]+)", text)]
         res = {"step_times": times, "steps": len(times)} if p.returncode == 0 and times else None
     else:
         text = p.stdout + p.stderr
         line = next((ln for ln in reversed(p.stdout.splitlines()) if ln.startswith("{")), None)
         res = json.loads(line) if p.returncode == 0 and line else None
+        shutil.rmtree(out, ignore_errors=True)
     if res is None:
         return {"error": f"rc={p.returncode}: {text.strip().splitlines()[-1] if text.strip() else ''}"[:300]}
     times = res.pop("step_times")
