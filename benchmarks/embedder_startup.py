@@ -59,21 +59,22 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    from embedder_throughput import make_shards
+    from embedder_throughput import frozen_config, make_shards
 
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
     tmp = Path(tempfile.mkdtemp(prefix="clipaudit-startup-"))
     result: dict = {"benchmark": "embedder_startup", "model": args.model, "repeat": args.repeat,
                     "cpus": len(os.sched_getaffinity(0)), "loadavg_start": os.getloadavg()}
     try:
+        model = frozen_config(args.model, tmp, result)
         make_shards(tmp / "data", 8, 64, 8)
         runs: dict[str, list[float]] = {k: [] for k in [*STEPS, "embed_one_shard"]}
         for _ in range(args.repeat):   # interleaved, so a burst of load hits every step alike
             for name, code in STEPS.items():
-                runs[name].append(timed([sys.executable, "-c", code.format(model=args.model)], env))
+                runs[name].append(timed([sys.executable, "-c", code.format(model=model)], env))
             shutil.rmtree(tmp / "out", ignore_errors=True)
             runs["embed_one_shard"].append(timed(
-                [sys.executable, "-m", "clipaudit.cli", "embed", "--data", str(tmp / "data"), "--model", args.model,
+                [sys.executable, "-m", "clipaudit.cli", "embed", "--data", str(tmp / "data"), "--model", model,
                  "--out", str(tmp / "out"), "--quiet"], env))
         med = {k: statistics.median(v) for k, v in runs.items()}
         result["median_s"] = med
