@@ -453,7 +453,7 @@ def train(spec: JobSpec, *, job_id: str, out: str | None = None, open_store: Cal
 
     bar = _bar(total_steps, f"train {job_id}", show_progress and dist.rank == 0, initial=step)
     batches = stream()
-    torch.set_num_threads(threads)   # this thread's team only (OpenMP); restored below
+    torch.set_num_threads(threads)   # restored below: in embedded mode other services share the process
     log.info("%s: %d step(s) of %d on %s, %d intra-op thread(s), %s data", job_id, total_steps - step, total_steps,
              device, threads, src.kind)
     window_t, window_samples = time.perf_counter(), 0
