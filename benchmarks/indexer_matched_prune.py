@@ -48,6 +48,8 @@ def main() -> None:
     ap.add_argument("--train-block", type=int, default=4096)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="keep glibc's dynamic mmap threshold (the service and CLI fix it)")
     args = ap.parse_args()
     if args.quick:
         args.train, args.tests, args.reference = 100_000, 2000, 20_000
@@ -55,7 +57,9 @@ def main() -> None:
     import torch
 
     from services.indexer import logic
+    from services.indexer.handler import use_fixed_mmap_threshold
 
+    fixed_mmap = False if args.default_malloc else use_fixed_mmap_threshold()
     dev = logic.resolve_device(args.device)
     rng = np.random.default_rng(0)
     c = rng.standard_normal((2000, args.dim)).astype(np.float32)
@@ -146,6 +150,7 @@ def main() -> None:
         result["fp32_matmul_ceiling_gflops"] = ceiling
         result["ratio_to_matmul_ceiling"] = result["gflops_prune"] / ceiling
     result["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
+    result["fixed_mmap_threshold"] = fixed_mmap
     print(json.dumps(result, indent=2))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

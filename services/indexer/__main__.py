@@ -18,10 +18,11 @@ def build(rt: Runtime) -> ServiceParts:
     from clipaudit.events.v1 import events_pb2
     from clipaudit.indexer.v1 import indexer_pb2_grpc
     from services.indexer.grpc_api import SERVICE_NAME, IndexerServicer
-    from services.indexer.handler import IndexerHandler
+    from services.indexer.handler import IndexerHandler, use_fixed_mmap_threshold
     from services.indexer.metrics import IndexerMetrics
 
     s: IndexerSettings = rt.settings
+    use_fixed_mmap_threshold()
     faiss.omp_set_num_threads(max(1, s.search_threads))
     embed, on_stop, embedder_model = None, [], None
     if s.embedder_address:

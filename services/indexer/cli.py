@@ -20,7 +20,7 @@ def _bytes(text: str) -> int:
 
 def _handler(args, *, store: str | None = None):
     from clipaudit.store import open_store
-    from services.indexer.handler import IndexerHandler
+    from services.indexer.handler import IndexerHandler, use_fixed_mmap_threshold
     from services.indexer.settings import IndexerSettings
 
     s = IndexerSettings()
@@ -30,6 +30,7 @@ def _handler(args, *, store: str | None = None):
         from services.indexer.embedder_client import EmbedderTextClient
 
         embed = EmbedderTextClient(address)
+    use_fixed_mmap_threshold()
     return IndexerHandler(
         open_store(store or getattr(args, "store", None) or s.store),
         embed_texts=embed, embedder_model_id=model_id,
