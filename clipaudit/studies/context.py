@@ -86,7 +86,7 @@ class StudyContext:
             "mode": mode, "data": [self.collection], "split": self.cfg.data.train,
             "model": t.model if mode == "clip" else t.supervised_model,
             "samples": samples or (t.samples if mode == "clip" else t.supervised_samples),
-            "batch_size": t.batch_size, "lr": t.lr, "warmup_steps": t.warmup_steps, "weight_decay": t.weight_decay,
+            "batch_size": min(t.batch_size, _subset_size(subset)), "lr": t.lr, "warmup_steps": t.warmup_steps, "weight_decay": t.weight_decay,
             "seed": seed, "device": t.device, **subset,
         }
         if mode == "supervised":
@@ -99,7 +99,8 @@ class StudyContext:
         subset_id = stable_hash({"mixture": sorted(
             (read_manifest(c["manifest"]).lineage.keys_sha256, c.get("count"), c.get("weight")) for c in comps),
             "total": subset.get("total")})
-        run_id = stable_hash({**spec, "subset": subset_id, "data": None, "manifest": None, "mixture": None})
+        run_id = stable_hash({**spec, "subset": subset_id, "data": None, "manifest": None, "mixture": None,
+                              "architecture": _architecture_config(spec["model"]) if mode == "clip" else None})
         out = self.loc("models", f"run-{run_id}")   # keyed by content: a second name for the same run reuses it
         result = self.ws.step(f"train/{name}", lambda: self.ops.train(spec, job_id=f"run-{run_id}", out=out),
                               inputs={"run": run_id})
@@ -158,6 +159,30 @@ class StudyContext:
         return read_json(evaluation["report"])
 
 
+def _subset_size(subset: dict) -> int:
+    """Images in a subset (a manifest, or a mixture with counts/total): a batch never exceeds
+    it (a small curated subset of a tiny collection trains with smaller batches)."""
+    if "manifest" in subset:
+        return len(read_manifest(subset["manifest"]))
+    if subset.get("total"):
+        return int(subset["total"])
+    return sum(int(c["count"]) if c.get("count") is not None else len(read_manifest(c["manifest"]))
+               for c in subset["mixture"])
+
+
+def _architecture_config(name: str) -> dict | None:
+    """The open_clip config a model name resolves to: a run is identified by the
+    architecture, not its name (editing clipaudit-tiny.json must not reuse old runs)."""
+    import open_clip
+
+    from clipaudit.models import resolve_architecture
+
+    try:
+        return open_clip.get_model_config(resolve_architecture(name))
+    except Exception:  # noqa: BLE001 - an unknown name fails later, in the trainer, with its own message
+        return None
+
+
 def _accepts_fields(coll) -> bool:
     import inspect
 
@@ -198,6 +223,16 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, mask_a=None, mask_b=None
     boots = d[rng.integers(0, n, size=(resamples, n))].mean(axis=1) * 100
     return {"diff_points": float(d.mean() * 100), "ci": [float(np.percentile(boots, 2.5)),
                                                           float(np.percentile(boots, 97.5))], "n": n}
+
+
+def direction(ci) -> bool | None:
+    """The verdict of an effect measured with a 95% interval: True when the interval lies
+    above zero (the paper's direction), False when it lies below (the opposite), None
+    (undetermined) when it contains zero or is missing."""
+    lo, hi = (ci or [None, None])[:2]
+    if lo is None or hi is None:
+        return None
+    return True if lo > 0 else False if hi < 0 else None
 
 
 def finding(study: str, claim: str, reproduced: bool | None, value: Any, detail: str) -> dict:
