@@ -56,6 +56,9 @@ class TrainingConfig(_Strict):
 
 class SimilarityStudy(_Strict):
     keep_fractions: list[float] = Field(default_factory=lambda: [0.85, 0.7, 0.5], min_length=3)
+    prune_against: Literal["ood", "all"] = Field(
+        "ood", description="near/far pruning ranks training images by similarity to the OOD test sets (as the "
+                           "paper does for its OOD benchmarks) or to every test set, ID included")
     bins: int = 8
     matched: bool = True
     stratified: bool = Field(True, description="also prune near/far within each domain group (mix held fixed)")
@@ -80,6 +83,12 @@ class DgCgStudy(_Strict):
 
 class BackgroundsStudy(_Strict):
     one_vs_k: list[int] = Field(default_factory=lambda: [5])
+    supervised_common_share: float | None = Field(
+        0.2, gt=0, le=1,
+        description="the ImageNet-style classifier trains on natural images subsampled so that this share sits on "
+                    "its class's common background (ImageNet is curated: its backgrounds are less tied to classes "
+                    "than LAION's, the paper's explanation of the gap; the synthetic pool has ~90%); null: every "
+                    "natural image, as in the pool")
 
 
 class StudyConfig(_Strict):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clipaudit.studies.context import StudyContext, accuracy, finding, paired_difference
+from clipaudit.studies.context import StudyContext, accuracy, direction, finding, paired_difference
 
 
 def run(ctx: StudyContext, base: dict) -> dict:
@@ -96,12 +96,12 @@ def run(ctx: StudyContext, base: dict) -> dict:
         return paired_difference(dc[a], dc[b], seed=ctx.seed)
     dg = diff("leave-out-domain", "natural-only")
     findings.append(finding("dg_cg", "more domain diversity helps domain generalisation (leave-out-domain vs natural-only)",
-                            None if dg["ci"][0] is None else dg["diff_points"] > 0, dg["diff_points"],
+                            direction(dg["ci"]), dg["diff_points"],
                             f"on {D} images of held-out classes: {dg['diff_points']:+.1f} points "
                             f"(95% CI {dg['ci'][0]:+.1f}..{dg['ci'][1]:+.1f}), n={dg['n']}"))
     cg = diff("cg-high", "cg-low")
     findings.append(finding("dg_cg", "more domain diversity helps compositional generalisation (CG high vs low)",
-                            None if cg["ci"][0] is None else cg["diff_points"] > 0, cg["diff_points"],
+                            direction(cg["ci"]), cg["diff_points"],
                             f"{cg['diff_points']:+.1f} points (95% CI {cg['ci'][0]:+.1f}..{cg['ci'][1]:+.1f})"))
     seen = table["cg-low"]["D_seen_classes"]["acc"]
     held = table["cg-low"]["D_heldout_classes"]["acc"]

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from clipaudit.manifests import read_manifest
-from clipaudit.studies.context import StudyContext, accuracy, finding, paired_difference
+from clipaudit.studies.context import StudyContext, accuracy, direction, finding, paired_difference
 
 
 def nominal_group(split: str) -> str | None:
@@ -102,7 +102,7 @@ def run(ctx: StudyContext, base: dict) -> dict:
     rel = (acc_n / acc_f) if acc_f else None
     findings.append(finding(
         "domains", "natural-only training is much weaker on renditions",
-        None if diff["ci"][0] is None else diff["ci"][0] > 0, diff["diff_points"],
+        direction(diff["ci"]), diff["diff_points"],
         f"natural-only loses {diff['diff_points']:.1f} points on rendition test sets vs the full model "
         f"(95% CI {diff['ci'][0]:.1f}..{diff['ci'][1]:.1f}); relative performance {rel:.2f} of the full model"))
     nat_diff = paired_difference(f, no, f["test_set"].isin(d.id_tests), no["test_set"].isin(d.id_tests), seed=ctx.seed)
@@ -120,7 +120,7 @@ def run(ctx: StudyContext, base: dict) -> dict:
         k1, kl = sweep_b[1]["added"], sweep_b[-1]["added"]
         findings.append(finding(
             "domains", "a few renditions give a large gain (sweep B)",
-            None if g1["ci"][0] is None else g1["ci"][0] > 0, g1["diff_points"],
+            direction(g1["ci"]), g1["diff_points"],
             f"adding {k1} renditions to {n_nat} natural images gains {g1['diff_points']:+.1f} points on renditions "
             f"(95% CI {g1['ci'][0]:+.1f}..{g1['ci'][1]:+.1f}); that is "
             f"{'n/a' if share is None else f'{share:.0%}'} of the gain from adding {kl}"))

@@ -327,7 +327,11 @@ def render_html(report: dict) -> str:
              f"<p class='muted'>collection {_e(report['collection']['location'])} (preset "
              f"{_e(report['collection']['preset'])}, seed {report['collection']['seed']}); study seed {report['seed']}; "
              f"total {report['timings']['total_s']} s. Verdicts are computed from the data in report.json.</p>",
-             "<h2>Findings</h2>", _findings_table(report["findings"])]
+             "<h2>Findings</h2>", _findings_table(report["findings"]),
+             "<p class='muted'>Intervals are 95% bootstrap/Wilson intervals over test images for this run's "
+             "seed; they do not include training noise (a retrained tiny model moves by a few points). "
+             "<code>clipaudit demo --seeds 3</code> repeats the run and counts in how many seeds each "
+             "direction holds.</p>"]
     if "similarity" in s:
         s1 = s["similarity"]
         parts.append(_section("Study 1 — train–test similarity", [
@@ -353,7 +357,10 @@ def render_html(report: dict) -> str:
             plot_dg_cg(s3), plot_cka(s3)]))
     if "backgrounds" in s:
         s4 = s["backgrounds"]
+        share, pool = s4.get("supervised_common_share"), s4.get("pool_common_share")
         parts.append(_section("Study 4 — spurious backgrounds", [
+            f"<p>The ImageNet-style classifiers train on natural images of which {_pct(share)} sit on their "
+            f"class's common background (curated, like ImageNet); the CLIP pool has {_pct(pool)}.</p>",
             plot_backgrounds(s4),
             "<table><tr><th>model</th><th>family</th><th>common</th><th>counter</th><th>drop (pts)</th></tr>" +
             "".join(f"<tr><td>{_e(r['model'])}</td><td>{r['family']}</td><td>{_pct(r['common']['acc'])}</td>"

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from clipaudit.embeddings import EmbeddingSet, EmbeddingSetWriter
-from clipaudit.studies.context import StudyContext, finding, paired_difference
+from clipaudit.studies.context import StudyContext, direction, finding, paired_difference
 from clipaudit.studies.ops import read_parquet, write_parquet
 
 
@@ -56,15 +56,22 @@ def run(ctx: StudyContext, base: dict) -> dict:
     ref_hist = {t: _histogram(read_parquet(nn_ref[t])["sim"].to_numpy()) for t in tests}
 
     # 3. accuracy per similarity bin (the full model)
+    # equal-count bins: NN similarities crowd near 1, equal-width bins would put almost every image in one
+    edges = np.unique(np.quantile(all_sim["sim"].to_numpy(np.float64), np.linspace(0, 1, cfg.bins + 1)))
+    edges[-1] = np.nextafter(edges[-1], np.inf)      # the largest similarity falls inside the last bin
     ev_full = ctx.evaluate("full", full, tests, spec={"similarity": str(all_sim_path), "similarity_column": "sim",
-                                                      "similarity_bins": cfg.bins}, tag="-simbins")
+                                                      "similarity_bins": edges.tolist()}, tag="-simbins")
     rep = ctx.report_json(ev_full)
     bins_ood = {s["name"]: s.get("similarity_bins") for s in rep["test_sets"]}
 
-    # 4. near / far / random pruning (sim(x, Test) with Test = every evaluation test set)
-    test_union = union_set(ctx, {t: emb[t] for t in tests}, ctx.loc("embeddings", "similarity-model", "all-tests"))
+    # 4. near / far / random pruning: sim(x, Test) with Test = the OOD test sets (the paper prunes
+    #    against the OOD benchmarks; ``prune_against: all`` adds the ID tests)
+    against = d.ood_tests if cfg.prune_against == "ood" else tests
+    test_union = union_set(ctx, {t: emb[t] for t in against},
+                           ctx.loc("embeddings", "similarity-model", f"{cfg.prune_against}-tests"))
     x_to_test = read_parquet(ctx.ws.step("similarity/train-to-tests", lambda: ctx.ops.similarity(
-        emb[d.train], test_union, ctx.loc("similarity", "train-to-tests.parquet")), inputs=[emb[d.train]]))
+        emb[d.train], test_union, ctx.loc("similarity", f"train-to-{cfg.prune_against}-tests.parquet")),
+        inputs=[emb[d.train], test_union]))
     x_to_test = x_to_test.merge(train_meta[["key", "domain_group", "domain"]], on="key", how="left")
     n_pool = len(train_meta)
     sweep = []
@@ -74,8 +81,9 @@ def run(ctx: StudyContext, base: dict) -> dict:
             name = f"{rule}-{int(frac * 100)}"
             uri = ctx.ws.step(f"prune/{name}", lambda rule=rule, keep=keep, name=name: ctx.ops.prune(
                 rule, emb[d.train], ctx.loc("manifests", name), test=test_union, keep=keep, seed=ctx.seed)[0],
-                inputs=[rule, keep, emb[d.train]])
-            sweep.append({"rule": rule, "keep_fraction": frac, "keep": keep, "manifest": uri, "view": "pooled"})
+                inputs=[rule, keep, emb[d.train], test_union])
+            sweep.append({"rule": rule, "keep_fraction": frac, "keep": keep, "manifest": uri, "view": "pooled",
+                          "against": against})
         if cfg.stratified:
             for rule in ("near",):   # the question is near vs random with the domain mix held fixed
                 name = f"{rule}-stratified-{int(frac * 100)}"
@@ -120,10 +128,13 @@ def run(ctx: StudyContext, base: dict) -> dict:
     # findings
     findings = []
     pooled_bins = rep.get("similarity_bins") or []
-    slope = _bin_slope(pooled_bins)
-    findings.append(finding("similarity", "accuracy rises with train–test similarity", None if slope is None else slope > 0,
-                            slope, f"least-squares slope of top-1 accuracy over similarity-bin centres (full model, "
-                                   f"all test sets pooled): {_fmt(slope, 2)} accuracy per unit similarity"))
+    trend = within_set_slope(full_pred[full_pred["test_set"].isin(d.ood_tests)], all_sim, seed=ctx.seed)
+    findings.append(finding(
+        "similarity", "accuracy rises with train–test similarity (within each OOD test set)",
+        direction(trend["ci"]), trend["slope_points"],
+        f"top-1 accuracy rises {_fmt(trend['slope_points'], 1)} points per 0.01 of sim(t, Train) (least squares "
+        f"within each OOD test set, pooled; 95% CI {_fmt(trend['ci'][0], 1)}..{_fmt(trend['ci'][1], 1)}, "
+        f"n={trend['n']})"))
     for view, near_rule in (("pooled", "near"), ("domain mix held fixed", "near-stratified")):
         diffs = []
         for frac in cfg.keep_fractions:
@@ -137,7 +148,7 @@ def run(ctx: StudyContext, base: dict) -> dict:
             smallest = diffs[-1]
             findings.append(finding(
                 "similarity", f"removing the most test-similar images costs more than removing random ones ({view})",
-                smallest["ci"][0] > 0 if smallest["ci"][0] is not None else None, mean,
+                direction(smallest["ci"]), mean,
                 f"OOD accuracy of random-pruned minus near-pruned, mean over {len(diffs)} sizes: {mean:+.1f} points; "
                 f"at keep {smallest['keep_fraction']:.0%}: {smallest['diff_points']:+.1f} points "
                 f"(95% CI {smallest['ci'][0]:+.1f}..{smallest['ci'][1]:+.1f})"))
@@ -149,7 +160,8 @@ def run(ctx: StudyContext, base: dict) -> dict:
             kept_share = (combined["ood"] / full_ood) if full_ood else None
         findings.append(finding(
             "similarity", "similarity-matched pruning lowers OOD accuracy only partly (similarity explains part, not all)",
-            None if kept_share is None else (dr["diff_points"] > 0 and kept_share > 0.5), dr["diff_points"],
+            None if kept_share is None or direction(dr["ci"]) is None else (direction(dr["ci"]) and kept_share > 0.5),
+            dr["diff_points"],
             f"full minus matched-combined OOD accuracy: {_fmt(dr['diff_points'], 1)} points "
             f"(95% CI {_fmt(dr['ci'][0], 1)}..{_fmt(dr['ci'][1], 1)}); the matched model keeps "
             f"{_fmt(None if kept_share is None else kept_share * 100, 0)}% of the full model's OOD accuracy; "
@@ -160,6 +172,7 @@ def run(ctx: StudyContext, base: dict) -> dict:
         "histograms": {"test_to_train": histograms, "test_to_reference": ref_hist},
         "accuracy_by_similarity": {"pooled": pooled_bins, "per_test": bins_ood},
         "pruning_sweep": sweep,
+        "prune_against": against,
         "matched": {"subsets": matched, "result": matched_result},
         "full": _accs(full_pred, d),
         "similarity_model": full["checkpoint"],
@@ -192,17 +205,35 @@ def _histogram(x: np.ndarray, bins: int = 30) -> dict:
     return {"counts": h.tolist(), "edges": edges.tolist(), "mean": float(x.mean()), "median": float(np.median(x))}
 
 
-def _bin_slope(bins: list[dict]) -> float | None:
-    pts = [(b.get("center", (b.get("lo", 0) + b.get("hi", 0)) / 2), b.get("accuracy", b.get("top1")), b.get("n", 0))
-           for b in bins]
-    pts = [(c, a, n) for c, a, n in pts if a is not None and n and n > 0]
-    if len(pts) < 2:
-        return None
-    c, a, n = map(np.asarray, zip(*pts))
-    w = n / n.sum()
-    cm, am = (w * c).sum(), (w * a).sum()
-    var = (w * (c - cm) ** 2).sum()
-    return float((w * (c - cm) * (a - am)).sum() / var) if var > 0 else None
+def within_set_slope(pred: pd.DataFrame, sim: pd.DataFrame, *, seed: int = 0, resamples: int = 1000) -> dict:
+    """Least-squares slope of correctness on sim(t, Train) with one intercept per test set
+    (so a test set that is both easier and farther cannot fake or hide the trend), in
+    accuracy points per 0.01 of similarity, with a 95% bootstrap interval over images."""
+    j = pred[["test_set", "key", "correct"]].merge(sim[["key", "sim"]].drop_duplicates("key"), on="key")
+    if len(j) < 3:
+        return {"slope_points": None, "ci": [None, None], "n": len(j)}
+    x = j["sim"].to_numpy(np.float64)
+    y = j["correct"].to_numpy(np.float64)
+    g = j["test_set"].astype("category").cat.codes.to_numpy()
+
+    def slope(idx):
+        xs, ys, gs = x[idx], y[idx], g[idx]
+        k = gs.max() + 1
+        cnt = np.bincount(gs, minlength=k)
+        cnt = np.where(cnt == 0, 1, cnt)
+        xc = xs - (np.bincount(gs, xs, minlength=k) / cnt)[gs]
+        yc = ys - (np.bincount(gs, ys, minlength=k) / cnt)[gs]
+        den = (xc * xc).sum()
+        return (xc * yc).sum() / den if den > 0 else np.nan
+
+    rng = np.random.default_rng(seed)
+    boots = np.array([slope(rng.integers(0, len(j), len(j))) for _ in range(resamples)])
+    boots = boots[np.isfinite(boots)]
+    est = slope(np.arange(len(j)))
+    if not np.isfinite(est) or not len(boots):
+        return {"slope_points": None, "ci": [None, None], "n": len(j)}
+    return {"slope_points": float(est), "ci": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))],
+            "n": len(j)}
 
 
 def _fmt(x, digits: int) -> str:

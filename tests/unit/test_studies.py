@@ -53,6 +53,62 @@ def test_paired_difference_is_paired():
     assert d["ci"][0] > 15 and d["ci"][1] < 35
 
 
+def test_direction_is_decided_by_the_interval():
+    from clipaudit.studies.context import direction
+
+    assert direction([0.5, 3.0]) is True and direction([-3.0, -0.1]) is False
+    assert direction([-0.3, 3.7]) is None and direction([None, None]) is None and direction(None) is None
+
+
+def test_within_set_slope_ignores_differences_between_test_sets():
+    from clipaudit.studies.similarity import within_set_slope
+
+    rng = np.random.default_rng(0)
+    rows, sims = [], []
+    # set "easy": far from train but accurate; set "hard": close to train but inaccurate. Pooled
+    # naively, accuracy *falls* with similarity; within each set it rises.
+    for name, base_sim, base_acc in (("easy", 0.5, 0.8), ("hard", 0.9, 0.2)):
+        for i in range(400):
+            s_ = base_sim + rng.uniform(0, 0.05)
+            p = base_acc + (s_ - base_sim) * 4          # +4 accuracy per unit sim = 0.04 per 0.01
+            rows.append({"test_set": name, "key": f"{name}{i}", "correct": rng.random() < p})
+            sims.append({"key": f"{name}{i}", "sim": s_})
+    pred, sim = pd.DataFrame(rows), pd.DataFrame(sims)
+    pooled = np.polyfit(sim["sim"], pred["correct"].astype(float), 1)[0]
+    assert pooled < 0
+    t = within_set_slope(pred, sim, resamples=300)
+    assert t["n"] == 800 and t["ci"][0] < 4 < t["ci"][1] and t["ci"][0] > 0
+
+
+def test_drop_difference_pairs_images_within_groups():
+    from types import SimpleNamespace
+
+    from clipaudit.studies.backgrounds import drop_difference
+
+    d = SimpleNamespace(common="test_common", counter="test_counter")
+    keys = [f"k{i}" for i in range(100)]
+    def frame(common_right, counter_right):
+        return pd.DataFrame({"test_set": ["test_common"] * 100 + ["test_counter"] * 100, "key": keys + keys,
+                             "correct": [True] * common_right + [False] * (100 - common_right)
+                             + [True] * counter_right + [False] * (100 - counter_right)})
+    g = drop_difference(frame(80, 20), frame(70, 50), d)     # drops 60 vs 20
+    assert g["points"] == pytest.approx(40.0) and 25 < g["ci"][0] < 40 < g["ci"][1] < 55
+
+
+def test_imagenet_style_subset_has_the_asked_common_share():
+    from clipaudit.studies.backgrounds import _common_share, _imagenet_style
+
+    nat = pd.DataFrame({"key": [f"k{i:03d}" for i in range(100)],
+                        "group": ["common"] * 90 + ["counter"] * 10})
+    keys, share = _imagenet_style(nat, 0.5, seed=0)
+    assert share == 0.5 and len(keys) == 20 and len(set(keys)) == 20
+    assert set(nat.loc[nat["group"] == "counter", "key"]) <= set(keys)       # every counter image is kept
+    assert _imagenet_style(nat, 0.5, seed=0)[0] == keys                       # seeded
+    assert _imagenet_style(nat, None, seed=0) == (nat["key"].tolist(), 0.9)   # null: the pool as it is
+    assert _imagenet_style(nat, 0.95, seed=0)[0] == nat["key"].tolist()       # the pool is already below the share
+    assert _common_share(nat.assign(group="none")) is None
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_all_four_studies_end_to_end_tiny(tmp_path):
