@@ -23,11 +23,10 @@ def run(ctx: StudyContext, base: dict) -> dict:
     natural = ctx.manifest("s4-natural-labelled", keys, rule="domain-split",
                            parameters={"domain": "natural", "labels": "class", "common_share": share,
                                        "pool_common_share": _common_share(nat)})
-    sup = {}
-    for frac in (0.25, 0.5, 1.0):   # several supervised checkpoints: a family to fit
-        name = f"s4-supervised-{int(frac * 100)}"
-        sup[name] = ctx.train(name, {"manifest": natural}, mode="supervised",
-                              samples=int(ctx.cfg.training.supervised_samples * frac))
+    budgets = {f"s4-supervised-{int(frac * 100)}": int(ctx.cfg.training.supervised_samples * frac)
+               for frac in (0.25, 0.5, 1.0)}   # several supervised checkpoints: a family to fit
+    ctx.prefetch([(n, {"manifest": natural}, {"mode": "supervised", "samples": b}) for n, b in budgets.items()])
+    sup = {n: ctx.train(n, {"manifest": natural}, mode="supervised", samples=b) for n, b in budgets.items()}
     clip_models = {n: r for n, r in ctx.models.items() if r.get("mode") == "clip"}
     clip_models.setdefault("full", base["full"])
     rows = []

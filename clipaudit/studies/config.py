@@ -52,6 +52,8 @@ class TrainingConfig(_Strict):
     device: str = "auto"
     supervised_model: str = "resnet10t"
     supervised_samples: int = Field(20_000, ge=1)
+    parallel_runs: int = Field(0, ge=0, description="embedded mode: training runs at once, each single-threaded; "
+                                                    "0: one per CPU core on CPU, one on a GPU")
 
 
 class SimilarityStudy(_Strict):

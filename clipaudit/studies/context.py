@@ -32,6 +32,7 @@ class StudyContext:
     evaluations: dict[str, dict] = field(default_factory=dict)   # model name -> evaluation summary
     models: dict[str, dict] = field(default_factory=dict)        # model name -> training summary
     _standard: dict[str, dict] = field(default_factory=dict)     # checkpoint -> standard evaluation
+    _inflight: dict[str, Any] = field(default_factory=dict)      # run id -> future of a prefetched training run
 
     def loc(self, *parts: str) -> str:
         return "/".join([self.out.rstrip("/"), *parts])
@@ -77,17 +78,17 @@ class StudyContext:
         return {"uri": uri, "count": len(m), **m.lineage.model_dump()}
 
     # ------------------------------------------------------------------ training
-    def train(self, name: str, subset: dict, *, mode: str = "clip", samples: int | None = None,
-              seed: int | None = None) -> dict:
-        """Train (or reuse) a model on a subset: ``{"manifest": uri}`` or ``{"mixture": [...], "total": n}``."""
+    def _train_request(self, name: str, subset: dict, *, mode: str = "clip", samples: int | None = None,
+                       seed: int | None = None) -> tuple[dict, str, str]:
+        """(trainer spec, run id, output location) of one training run."""
         t = self.cfg.training
         seed = self.seed if seed is None else seed
         spec: dict[str, Any] = {
             "mode": mode, "data": [self.collection], "split": self.cfg.data.train,
             "model": t.model if mode == "clip" else t.supervised_model,
             "samples": samples or (t.samples if mode == "clip" else t.supervised_samples),
-            "batch_size": min(t.batch_size, _subset_size(subset)), "lr": t.lr, "warmup_steps": t.warmup_steps, "weight_decay": t.weight_decay,
-            "seed": seed, "device": t.device, **subset,
+            "batch_size": min(t.batch_size, _subset_size(subset)), "lr": t.lr, "warmup_steps": t.warmup_steps,
+            "weight_decay": t.weight_decay, "seed": seed, "device": t.device, **subset,
         }
         if mode == "supervised":
             spec["label_column"] = "class"
@@ -101,14 +102,52 @@ class StudyContext:
             "total": subset.get("total")})
         run_id = stable_hash({**spec, "subset": subset_id, "data": None, "manifest": None, "mixture": None,
                               "architecture": _architecture_config(spec["model"]) if mode == "clip" else None})
-        out = self.loc("models", f"run-{run_id}")   # keyed by content: a second name for the same run reuses it
-        result = self.ws.step(f"train/{name}", lambda: self.ops.train(spec, job_id=f"run-{run_id}", out=out),
-                              inputs={"run": run_id})
+        return spec, run_id, self.loc("models", f"run-{run_id}")   # keyed by content: a second name reuses it
+
+    def prefetch(self, jobs: list[tuple[str, dict, dict]]) -> None:
+        """Start training runs ``(name, subset, train kwargs)`` in the background, several at
+        once on a multi-core CPU (each run single-threaded: the tiny model's step keeps one
+        core busy whatever its thread count); :meth:`train` then waits for its run. A no-op
+        where the ops cannot train in parallel (``--distributed``: the trainer service queues)."""
+        workers = self.parallel_runs
+        if workers < 2 or not hasattr(self.ops, "submit_train"):
+            return
+        for name, subset, kw in jobs:
+            spec, run_id, out = self._train_request(name, subset, **kw)
+            if run_id in self._inflight or self.ws.is_cached(f"train/{name}", {"run": run_id}):
+                continue
+            self._inflight[run_id] = self.ops.submit_train(spec, job_id=f"run-{run_id}", out=out, workers=workers)
+
+    @property
+    def parallel_runs(self) -> int:
+        import os
+
+        t = self.cfg.training
+        if t.parallel_runs:
+            return t.parallel_runs
+        return 1 if t.device not in ("cpu", "auto") else max(1, os.cpu_count() or 1)
+
+    def train(self, name: str, subset: dict, *, mode: str = "clip", samples: int | None = None,
+              seed: int | None = None) -> dict:
+        """Train (or reuse) a model on a subset: ``{"manifest": uri}`` or ``{"mixture": [...], "total": n}``."""
+        spec, run_id, out = self._train_request(name, subset, mode=mode, samples=samples, seed=seed)
+        pending = self._inflight.get(run_id)
+        run = pending.result if pending is not None else (
+            lambda: self.ops.train(spec, job_id=f"run-{run_id}", out=out))
+        result = self.ws.step(f"train/{name}", run, inputs={"run": run_id})
         result["name"] = name
         result["mode"] = mode
         result["subset"] = subset
         self.models[name] = result
         return result
+
+    def close(self) -> None:
+        for f in self._inflight.values():
+            f.cancel()
+        self._inflight.clear()
+        shutdown = getattr(self.ops, "shutdown", None)
+        if shutdown:
+            shutdown()
 
     def checkpoint_spec(self, trained: dict) -> str:
         if trained["mode"] == "supervised":

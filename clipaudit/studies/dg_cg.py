@@ -51,9 +51,8 @@ def run(ctx: StudyContext, base: dict) -> dict:
         "cg-high": [{"manifest": m["real"], "count": N - R, "name": "real"},
                     {"manifest": m["all_minus_c"], "count": R, "name": "renditions-minus-C-in-D"}],
     }
-    runs = {name: ctx.train(f"s3-{name}", {"mixture": comps}) for name, comps in mixes.items()}
     # per-domain contribution: real + domains added one by one (C removed from D), equal size
-    contrib_rows = []
+    contrib_rows, adds = [], []
     added: list[str] = []
     for dom in [D, *others]:
         added.append(dom)
@@ -63,9 +62,13 @@ def run(ctx: StudyContext, base: dict) -> dict:
                            parameters={"domains": list(added), "without_classes_in": D, "classes": C})
         r = min(R, len(ks))
         name = f"s3-add-{len(added)}"
-        runs[name] = ctx.train(name, {"mixture": [{"manifest": m["real"], "count": N - r, "name": "real"},
-                                                  {"manifest": man, "count": r, "name": "+".join(added)}]})
+        adds.append((name, {"mixture": [{"manifest": m["real"], "count": N - r, "name": "real"},
+                                        {"manifest": man, "count": r, "name": "+".join(added)}]}))
         contrib_rows.append({"name": name, "domains": list(added), "renditions": r})
+    ctx.prefetch([(f"s3-{n}", {"mixture": c}, {}) for n, c in mixes.items()] + [(n, sub, {}) for n, sub in adds])
+    runs = {name: ctx.train(f"s3-{name}", {"mixture": comps}) for name, comps in mixes.items()}
+    for name, sub in adds:
+        runs[name] = ctx.train(name, sub)
 
     evals = {n: ctx.evaluate_standard(n if n.startswith("s3-") else f"s3-{n}", r) for n, r in runs.items()}
 

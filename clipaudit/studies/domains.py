@@ -51,26 +51,31 @@ def run(ctx: StudyContext, base: dict) -> dict:
     n_nat, n_rend = len(read_manifest(clean["natural"])), len(read_manifest(clean["rendition"]))
 
     # 5. natural-only vs full; sweeps
-    runs = {"full": full}
-    runs["natural-only"] = ctx.train("natural-only", {"mixture": [{"manifest": clean["natural"], "name": "natural"}]})
-    base["natural-only"] = runs["natural-only"]
     max_r = max(cfg.ratios) or 1.0
     total = cfg.total or int(min(n_nat, n_rend / max_r))
-    sweep_a, sweep_b = [], []
+    plan_a, plan_b = [], []
     for r in cfg.ratios:
         n_r = int(round(total * r))
         comps = [{"manifest": clean["natural"], "count": total - n_r, "name": "natural"}]
         if n_r:
             comps.append({"manifest": clean["rendition"], "count": n_r, "name": "rendition"})
-        name = f"s2-A-r{int(r * 100)}"
-        runs[name] = ctx.train(name, {"mixture": comps})
-        sweep_a.append({"name": name, "rendition_share": r, "total": total, "counts": runs[name]["resolved_counts"]})
+        plan_a.append((f"s2-A-r{int(r * 100)}", r, comps))
     for k in cfg.add_renditions:
         k = min(k, n_rend)
         comps = [{"manifest": clean["natural"], "name": "natural"}]
         if k:
             comps.append({"manifest": clean["rendition"], "count": k, "name": "rendition"})
-        name = f"s2-B-k{k}"
+        plan_b.append((f"s2-B-k{k}", k, comps))
+    natural_only = {"mixture": [{"manifest": clean["natural"], "name": "natural"}]}
+    ctx.prefetch([("natural-only", natural_only, {})] + [(n, {"mixture": c}, {}) for n, _, c in plan_a + plan_b])
+    runs = {"full": full}
+    runs["natural-only"] = ctx.train("natural-only", natural_only)
+    base["natural-only"] = runs["natural-only"]
+    sweep_a, sweep_b = [], []
+    for name, r, comps in plan_a:
+        runs[name] = ctx.train(name, {"mixture": comps})
+        sweep_a.append({"name": name, "rendition_share": r, "total": total, "counts": runs[name]["resolved_counts"]})
+    for name, k, comps in plan_b:
         runs[name] = ctx.train(name, {"mixture": comps})
         sweep_b.append({"name": name, "added": k, "counts": runs[name]["resolved_counts"]})
 

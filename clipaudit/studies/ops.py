@@ -57,6 +57,7 @@ class EmbeddedOps:
         self._indexer = None
         self._classifier = None
         self._evaluator = None
+        self._pool = None
 
     # -- embedder
     def embed(self, data: str, model: str, out: str) -> dict:
@@ -112,6 +113,22 @@ class EmbeddedOps:
 
         return train(parse_spec(spec), job_id=job_id, out=out, show_progress=self.progress).summary()
 
+    def submit_train(self, spec: dict, job_id: str, out: str, *, workers: int):
+        """Train in one of ``workers`` worker processes (started once, reused: their decoded
+        image caches persist across runs); returns a future of the summary."""
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_quiet_worker)
+        return self._pool.submit(_train_single_threaded, spec, job_id, out)
+
+    def shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
     # -- evaluator
     @property
     def evaluator(self):
@@ -124,3 +141,18 @@ class EmbeddedOps:
     def evaluate(self, checkpoint: str, test_sets: list[str], spec: dict, out: str) -> dict:
         ref = self.evaluator.evaluate({"checkpoint": checkpoint, "test_sets": test_sets, "out": out, "spec": spec})
         return {"report": ref.uri, "html": ref.html_uri, "summary": ref.summary}
+
+
+def _quiet_worker() -> None:
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _train_single_threaded(spec: dict, job_id: str, out: str) -> dict:
+    """A training run in a worker process, on one intra-op thread (the run id does not
+    depend on it: threads change float rounding, not the experiment)."""
+    from services.trainer.handler import train
+    from services.trainer.spec import parse_spec
+
+    return train(parse_spec({**spec, "threads": 1}), job_id=job_id, out=out, show_progress=False).summary()

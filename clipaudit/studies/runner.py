@@ -58,11 +58,14 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, *, ops=None, out: str | Non
     ws.study = "setup"
     everything = ctx.manifest("train-all", train_meta["key"], rule="all", parameters={"split": cfg.data.train},
                               parent=ctx.split(cfg.data.train))
-    base = {"full": ctx.train("full", {"manifest": everything})}
     sections = {}
-    for name in cfg.studies:
-        ws.study = name
-        sections[name] = STUDIES[name](ctx, base)
+    try:
+        base = {"full": ctx.train("full", {"manifest": everything})}
+        for name in cfg.studies:
+            ws.study = name
+            sections[name] = STUDIES[name](ctx, base)
+    finally:
+        ctx.close()
     report = {
         "schema": "clipaudit.study-report/1",
         "name": cfg.name,

@@ -106,6 +106,9 @@ def run(ctx: StudyContext, base: dict) -> dict:
 
     # 6. retrain on every subset, evaluate on every test set
     ood_pred = {}
+    combined = next((m for m in matched if m["name"] == "combined"), None)
+    ctx.prefetch([(f"s1-{row['rule']}-{int(row['keep_fraction'] * 100)}", {"manifest": row["manifest"]}, {})
+                  for row in sweep] + ([("s1-matched-combined", {"manifest": combined["manifest"]}, {})] if combined else []))
     full_pred = ctx.evaluate_standard("full", full)
     for row in sweep:
         name = f"s1-{row['rule']}-{int(row['keep_fraction'] * 100)}"
@@ -113,7 +116,6 @@ def run(ctx: StudyContext, base: dict) -> dict:
         pred = ctx.evaluate_standard(name, tr)
         row.update(_accs(pred, d))
         ood_pred[name] = pred
-    combined = next((m for m in matched if m["name"] == "combined"), None)
     matched_result = None
     if combined:
         tr = ctx.train("s1-matched-combined", {"manifest": combined["manifest"]})

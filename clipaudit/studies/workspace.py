@@ -45,9 +45,16 @@ class Workspace:
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
 
+    def _record_path(self, name: str) -> Path:
+        return self.root / "steps" / (name.replace("/", "__") + ".json")
+
+    def is_cached(self, name: str, inputs: Any = None) -> bool:
+        p = self._record_path(name)
+        return p.exists() and json.loads(p.read_text()).get("inputs_hash") == stable_hash(inputs)
+
     def step(self, name: str, fn: Callable[[], Any], *, inputs: Any = None) -> Any:
         """Run ``fn`` unless a result for ``name`` with the same ``inputs`` exists."""
-        rec_path = self.root / "steps" / (name.replace("/", "__") + ".json")
+        rec_path = self._record_path(name)
         key = stable_hash(inputs)
         if rec_path.exists():
             saved = json.loads(rec_path.read_text())
