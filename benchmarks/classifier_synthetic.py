@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchjson import emit
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -114,10 +116,7 @@ def main(argv=None) -> int:
         "contamination": contamination,
         "recovered_within_ci": f"{recovered}/{total}",
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    emit(result, args.out)
     return 0
 
 

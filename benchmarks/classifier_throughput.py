@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchjson import emit
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -145,10 +147,7 @@ def main(argv=None) -> int:
         "seconds": timings,
         "fraction_of_matmul_ceiling": {k: ceiling / v for k, v in timings.items()},
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    emit(result, args.out)
     return 0
 
 

@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchjson import emit
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
@@ -84,10 +86,7 @@ def main(argv=None) -> int:
         result["loadavg_end"] = os.getloadavg()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    text = json.dumps(result, indent=2, sort_keys=True)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    emit(result, args.out, sort_keys=True)
     return 0
 
 

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchjson import emit
+
 ROOT = Path(__file__).resolve().parents[1]
 CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 sys.path.insert(0, str(ROOT))
@@ -328,10 +330,7 @@ def main(argv=None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
-    text = json.dumps(result, indent=2, sort_keys=True)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    emit(result, args.out, sort_keys=True)
     return 0
 
 

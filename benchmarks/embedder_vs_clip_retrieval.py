@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from benchjson import emit  # noqa: E402
 from embedder_throughput import (CPUS, children_cpu_s, decode_ceiling, frozen_config, make_shards,  # noqa: E402
                                  model_ceiling, run_embed)
 
@@ -182,10 +183,7 @@ def main(argv=None) -> int:
         result["loadavg_end"] = os.getloadavg()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    text = json.dumps(result, indent=2, sort_keys=True)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    emit(result, args.out, sort_keys=True)
     return 0
 
 
