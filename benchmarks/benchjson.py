@@ -12,5 +12,6 @@ def emit(result: dict, out: str | None = None, *, sort_keys: bool = False) -> st
     text = json.dumps(result, indent=2, sort_keys=sort_keys)
     print(text)
     if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text)
     return text

@@ -27,6 +27,8 @@ import threading
 import time
 from pathlib import Path
 
+from benchjson import emit
+
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,10 +206,7 @@ def main() -> None:
         "sweeps": sweeps, "goal": "QPS >= 200 at p99 <= 20 ms", "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "loadavg": os.getloadavg(),
     }
-    print(json.dumps(result, indent=2))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchjson import emit
+
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -151,10 +153,7 @@ def main() -> None:
         result["ratio_to_matmul_ceiling"] = result["gflops_prune"] / ceiling
     result["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
     result["fixed_mmap_threshold"] = fixed_mmap
-    print(json.dumps(result, indent=2))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

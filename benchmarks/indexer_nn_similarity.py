@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchjson import emit
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -207,10 +209,7 @@ def main() -> None:
         result["peak_rss"] = [rss_child(int(n), args.dim, args.rss_queries, args.ref_block)
                               for n in args.rss_refs.split(",") if n]
     result["loadavg_after"] = os.getloadavg()
-    print(json.dumps(result, indent=2))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
