@@ -42,6 +42,7 @@ from PIL import Image
 
 from clipaudit.errors import InvalidInput, NotFound
 from clipaudit.images import BadImage, decode_image
+from clipaudit.lru import ByteBoundedLRU
 from clipaudit.shards import decode_value, iter_samples, split_member_name
 from services.trainer.logic import Batch, rank_indices, shard_plan, shuffled
 
@@ -231,39 +232,11 @@ def tokenize_unique(tokenizer, captions: list[str], cache: dict | None = None,
     return torch.stack([cache[c] for c in captions])
 
 
-class DecodedImages:
-    """A process-wide LRU of decoded, resized images keyed by (size, hash of the encoded
-    bytes). In embedded mode a study trains dozens of models on overlapping subsets of
-    one pool; decoding each image once instead of once per run is most of the data cost.
-    Bounded by ``CLIPAUDIT_TRAINER_DECODE_CACHE_MB`` (default 1024; 0 disables)."""
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._d: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key):
-        with self._lock:
-            v = self._d.get(key)
-            if v is not None:
-                self._d.move_to_end(key)
-            return v
-
-    def put(self, key, value: np.ndarray) -> None:
-        if self.max_bytes <= 0 or value.nbytes > self.max_bytes:
-            return
-        with self._lock:
-            if key in self._d:
-                return
-            self._d[key] = value
-            self.bytes += value.nbytes
-            while self.bytes > self.max_bytes:
-                _, old = self._d.popitem(last=False)
-                self.bytes -= old.nbytes
-
-
-DECODED = DecodedImages(int(os.environ.get("CLIPAUDIT_TRAINER_DECODE_CACHE_MB", "1024")) << 20)
+# Decoded, resized images keyed by (size, hash of the encoded bytes), per process. In
+# embedded mode a study trains dozens of models on overlapping subsets of one pool;
+# decoding each image once instead of once per run is most of the data cost. Bounded by
+# ``CLIPAUDIT_TRAINER_DECODE_CACHE_MB`` (default 1024; 0 disables).
+DECODED = ByteBoundedLRU(int(os.environ.get("CLIPAUDIT_TRAINER_DECODE_CACHE_MB", "1024")) << 20)
 
 
 def _jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
