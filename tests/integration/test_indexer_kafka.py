@@ -90,6 +90,16 @@ def test_worker_indexes_events_and_dead_letters_other_models(stack, s3_store, ka
         consumer.close()
         assert letter is not None and "another-model" in letter.error and letter.consumer_group == f"indexer-{unique}"
 
+        # every published message (3 shards, the redelivery, the other model's) has been consumed: shards
+        # are keyed to different partitions, so "the last shard is searchable" does not imply the others are
+        deadline, consumed = time.monotonic() + 60, 0.0
+        while consumed < 5 and time.monotonic() < deadline:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=5).read().decode()
+            consumed = sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+                           if line.startswith("clipaudit_bus_messages_total{") and f'topic="{TOPIC_EMBEDDINGS}"' in line)
+            time.sleep(0.5)
+        assert consumed >= 5, f"the worker consumed {consumed} of 5 messages"
+
         # 120 vectors, not 160: the redelivered shard added nothing; search by key works
         r = stub.Search(indexer_pb2.SearchRequest(index="live", k=120, keys=[f"{first}-0"]), timeout=10)
         assert len(r.results[0].keys) == 120 and r.results[0].keys[0] == f"{first}-0"
