@@ -78,7 +78,9 @@ def run_peer(venv: Path, data: Path, n_shards: int, model: str, ckpt: Path, out:
            "--workers", str(workers), "--timing-out", str(timing)]
     if model.endswith(".json"):   # our JSON architecture: registered with open_clip by the runner
         cmd[cmd.index("--model") + 1] = Path(model).stem
-        cmd += ["--model-config", model]
+        cmd += ["--model-config", model,
+                # our timm image towers (the tiny config names one), loaded by path: torch + timm only
+                "--timm-towers", str(Path(__file__).resolve().parents[1] / "clipaudit" / "convnet.py")]
     t0, c0 = time.perf_counter(), children_cpu_s()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall, cpu = time.perf_counter() - t0, children_cpu_s() - c0

@@ -26,13 +26,17 @@ _registered = False
 def register_configs() -> None:
     """Add our JSON configs (model_configs/*.json) to open_clip's registry, once, and drop
     open_clip's "No pretrained weights loaded" warning (random init is what we ask for
-    when no checkpoint is given; the model id says ``@init<seed>``)."""
+    when no checkpoint is given; the model id says ``@init<seed>``). Our timm image
+    towers (:mod:`clipaudit.convnet`) are registered too: the tiny config names one."""
     global _registered
     if not _registered:
         import logging
 
         import open_clip
 
+        from clipaudit import convnet
+
+        convnet.register()
         open_clip.add_model_config(CONFIG_DIR)
         logging.getLogger().addFilter(_QuietRandomInit())
         _registered = True

@@ -14,7 +14,8 @@ with open_clip and loads the weights file itself. Two things are added, nothing 
 pipeline is changed:
 
 * ``--model-config``: a JSON architecture (our clipaudit-tiny) is registered with
-  open_clip's ``add_model_config`` first, so clip-retrieval can build it by name;
+  open_clip's ``add_model_config`` first, so clip-retrieval can build it by name
+  (``--timm-towers`` loads clipaudit/convnet.py by path for the timm tower it names);
 * timing: the whole call (``main_s``); its steady-state loop (``loop_s``), from the
   moment its runner starts iterating the reader (DataLoader workers starting) to the
   return of the last batch's write call — the span ``clipaudit embed`` reports as its
@@ -56,6 +57,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", required=True, help="open_clip architecture name (or the stem of --model-config)")
     ap.add_argument("--checkpoint", required=True, help="a state-dict file both tools load")
     ap.add_argument("--model-config", default=None, help="JSON config registered with open_clip.add_model_config")
+    ap.add_argument("--timm-towers", default=None,
+                    help="a .py file (clipaudit/convnet.py) whose register() adds image towers to timm")
     ap.add_argument("--input-dataset", required=True, help="brace-expandable list of .tar shards")
     ap.add_argument("--output-folder", required=True)
     ap.add_argument("--batch-size", type=int, default=256)
@@ -68,6 +71,13 @@ def main(argv=None) -> int:
     from clip_retrieval.clip_inference import main as cr_main
     from clip_retrieval.clip_inference.runner import Runner
 
+    if args.timm_towers:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("clipaudit_towers", args.timm_towers)
+        towers = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(towers)
+        towers.register()
     if args.model_config:
         open_clip.add_model_config(args.model_config)
     imported_at = time.time()

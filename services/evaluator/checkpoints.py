@@ -73,6 +73,10 @@ def timm_preprocess(model, image_size: int | None = None):
 def load_supervised(arch: str, classes: list[str], state_dict: dict | None, *, model_id: str,
                     image_size: int | None = None, device: str = "cpu", seed: int = 0) -> EvaluatedModel:
     import timm
+
+    from clipaudit.convnet import register as register_towers
+
+    register_towers()  # our timm towers can serve as supervised classifiers too
     import torch
 
     if not classes:

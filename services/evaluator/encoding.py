@@ -33,7 +33,11 @@ class EncodedTestSet:
 
 def image_layers(tower) -> list[tuple[str, object]]:
     """The layers of an image tower whose outputs are compared across domains:
-    ViT residual blocks, ResNet stages (+ attention pool), timm stages/blocks."""
+    ViT residual blocks, ResNet stages (+ attention pool), timm stages/blocks (looked
+    up inside open_clip's ``TimmModel`` wrapper, whose children are just trunk and head)."""
+    trunk = getattr(tower, "trunk", None)
+    if trunk is not None and any(getattr(trunk, a, None) is not None for a in ("stages", "blocks")):
+        tower = trunk
     if hasattr(tower, "transformer") and hasattr(tower.transformer, "resblocks"):
         return [(f"resblock{i}", b) for i, b in enumerate(tower.transformer.resblocks)]
     names = [n for n in ("layer1", "layer2", "layer3", "layer4") if hasattr(tower, n)]

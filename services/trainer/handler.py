@@ -238,6 +238,10 @@ def _build_model(spec: JobSpec, classes: list[str] | None) -> _Model:
                       tokenizer=open_clip.get_tokenizer(arch))
     import timm
 
+    from clipaudit.convnet import register as register_towers
+
+    register_towers()  # our timm towers can serve as supervised classifiers too
+
     if not classes:
         raise InvalidInput("supervised training needs at least one class")
     try:
@@ -292,6 +296,7 @@ def train(spec: JobSpec, *, job_id: str, out: str | None = None, open_store: Cal
     """
     import torch
 
+    from clipaudit.convnet import cpu_prefers_channels_last
     from services.trainer import logic
     from services.trainer.data import (
         MemorySubset, SampleDecoder, StreamingSubset, image_count_bytes, index_subset, resolve_shards,
@@ -374,6 +379,12 @@ def train(spec: JobSpec, *, job_id: str, out: str | None = None, open_store: Cal
 
     # ---- model, optimizer, distributed
     model = built.module.to(device)
+    # channels-last: convolutional supervised models on CUDA, and towers that run faster
+    # that way on CPU too (clipaudit.convnet: 1.3x per step measured); weights and inputs both
+    channels_last = ((device.type == "cuda" and spec.mode == "supervised")
+                     or (device.type == "cpu" and cpu_prefers_channels_last(model)))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if spec.grad_checkpointing and hasattr(model, "set_grad_checkpointing"):
         model.set_grad_checkpointing(True)
     optimizer = logic.make_adamw(model, spec.lr, spec.weight_decay, tuple(spec.betas), spec.eps)
@@ -389,7 +400,7 @@ def train(spec: JobSpec, *, job_id: str, out: str | None = None, open_store: Cal
     objective = logic.ClipObjective(dist.rank, dist.world) if spec.mode == "clip" else logic.SupervisedObjective()
     stepper = logic.Stepper(train_model, objective, optimizer, precision=spec.precision, device=device,
                             grad_clip=spec.grad_clip, mean=built.mean, std=built.std,
-                            channels_last=device.type == "cuda" and spec.mode == "supervised")
+                            channels_last=channels_last)
 
     step, epoch, batch_pos = 0, 0, 0
     history: dict[str, list[float]] = {"loss": [], "lr": []}

@@ -68,7 +68,7 @@ def test_evaluate_clip_checkpoint_with_mechanistic_similarity(collection, clip_c
     assert g["common"]["n"] + g["counter"]["n"] == sum(
         v["n"] for s in rep["test_sets"] for k, v in s["breakdowns"]["group"].items() if k in ("common", "counter"))
     mech = rep["mechanistic"]
-    assert [l["layer"] for l in mech["layers"]] == ["layer1", "layer2", "layer3", "layer4", "attnpool"]
+    assert [l["layer"] for l in mech["layers"]] == ["stages0", "stages1", "stages2", "stages3"]
     for l in mech["layers"]:
         assert -1.0 <= l["cka_linear"] <= 1.0 + 1e-9 and 0.0 <= l["neuron_sharing"] <= 1.0
     assert len(mech["classes"]) >= 4
