@@ -54,6 +54,10 @@ class TrainingConfig(_Strict):
     supervised_samples: int = Field(20_000, ge=1)
     parallel_runs: int = Field(0, ge=0, description="embedded mode: training runs at once, each single-threaded; "
                                                     "0: one per CPU core on CPU, one on a GPU")
+    threads: int = Field(0, ge=0, description="CPU intra-op threads of every run (0: the trainer's default, one per "
+                                              "idle CPU; runs in the embedded worker pool always use 1). Thread counts "
+                                              "change float rounding only, so they are not part of a run's id; pin 1 "
+                                              "to compare embedded and distributed runs bit for bit")
 
 
 class SimilarityStudy(_Strict):

@@ -90,6 +90,8 @@ class StudyContext:
             "batch_size": min(t.batch_size, _subset_size(subset)), "lr": t.lr, "warmup_steps": t.warmup_steps,
             "weight_decay": t.weight_decay, "seed": seed, "device": t.device, **subset,
         }
+        if t.threads:
+            spec["threads"] = t.threads
         if mode == "supervised":
             spec["label_column"] = "class"
             spec["classes"] = list(self.coll.classes)
@@ -100,7 +102,8 @@ class StudyContext:
         subset_id = stable_hash({"mixture": sorted(
             (read_manifest(c["manifest"]).lineage.keys_sha256, c.get("count"), c.get("weight")) for c in comps),
             "total": subset.get("total")})
-        run_id = stable_hash({**spec, "subset": subset_id, "data": None, "manifest": None, "mixture": None,
+        experiment = {k: v for k, v in spec.items() if k != "threads"}
+        run_id = stable_hash({**experiment, "subset": subset_id, "data": None, "manifest": None, "mixture": None,
                               "architecture": _architecture_config(spec["model"]) if mode == "clip" else None})
         return spec, run_id, self.loc("models", f"run-{run_id}")   # keyed by content: a second name reuses it
 

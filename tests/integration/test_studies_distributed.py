@@ -20,6 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240
 CONFIG = {
     "studies": ["similarity"], "data.synth.preset": "tiny", "seed": 3, "data.synth.seed": 3,
     "training.samples": 256, "training.batch_size": 32, "training.warmup_steps": 2, "training.device": "cpu",
+    "training.threads": 1,   # both modes on one intra-op thread: the same float rounding, the same models
     "similarity.keep_fractions": [0.8, 0.6, 0.4], "similarity.stratified": False, "similarity.gallery": 1,
 }
 
