@@ -180,10 +180,10 @@ def plot_mixing(s2: dict) -> str:
 def plot_dg_cg(s3: dict) -> str:
     plt = _fig()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
-    names = ["natural-only", "leave-out-domain", "cg-low", "cg-high"]
     a = s3["accuracy"]
+    names = [n for n in ["natural-only", "leave-out-domain", "cg-low", "cg-high", "seen-in-domain"] if n in a]
     vals = [(a[n]["D_heldout_classes"]["acc"] or 0) * 100 for n in names]
-    axes[0].bar(names, vals, color=["#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c"])
+    axes[0].bar(names, vals, color=["#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"][:len(names)])
     axes[0].set_ylabel("top-1 %")
     axes[0].set_title(f"{s3['test_domain']} images of held-out classes")
     axes[0].tick_params(axis="x", labelsize=8)
