@@ -67,7 +67,10 @@ class SimilarityStudy(_Strict):
                            "paper does for its OOD benchmarks) or to every test set, ID included")
     bins: int = 8
     matched: bool = True
-    stratified: bool = Field(True, description="also prune near/far within each domain group (mix held fixed)")
+    stratified: bool = Field(True, description="also prune near within each domain (the domain mix held fixed)")
+    stratify_by: Literal["domain", "domain_group"] = Field(
+        "domain", description="the training metadata column whose mix stratified pruning holds fixed: every "
+                              "domain (style) or only natural vs rendition (when styles are not labelled)")
     gallery: int = 4
 
 

@@ -2,8 +2,8 @@
 (Mayilvahanan et al., ICLR 2024.)
 
 Embed with a fixed similarity model, measure sim(t, Train) per test image, bin accuracy
-by it, prune the training pool near/far/random (and near/far within each domain group,
-the mix held fixed), prune similarity-matched against a reference set, retrain on each
+by it, prune the training pool near/far/random (and near within each domain, the
+domain mix held fixed), prune similarity-matched against a reference set, retrain on each
 subset and evaluate. Directions are computed from the data, never written in.
 """
 
@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from clipaudit.embeddings import EmbeddingSet, EmbeddingSetWriter
+from clipaudit.errors import InvalidInput
 from clipaudit.studies.context import StudyContext, direction, finding, paired_difference
 from clipaudit.studies.ops import read_parquet, write_parquet
 
@@ -87,9 +88,9 @@ def run(ctx: StudyContext, base: dict) -> dict:
         if cfg.stratified:
             for rule in ("near",):   # the question is near vs random with the domain mix held fixed
                 name = f"{rule}-stratified-{int(frac * 100)}"
-                keys = _stratified_keep(x_to_test, frac, rule)
+                keys = _stratified_keep(x_to_test, frac, rule, by=cfg.stratify_by)
                 uri = ctx.manifest(name, keys, rule=f"prune-{rule}-stratified", parent=emb[d.train],
-                                   parameters={"keep_fraction": frac, "within": "domain_group"}, sources=[test_union])
+                                   parameters={"keep_fraction": frac, "within": cfg.stratify_by}, sources=[test_union])
                 sweep.append({"rule": f"{rule}-stratified", "keep_fraction": frac, "keep": len(keys), "manifest": uri,
                               "view": "domain mix held fixed"})
 
@@ -191,10 +192,14 @@ def _accs(pred: pd.DataFrame, d) -> dict:
     return {"accuracy": out, "id": out["id"], "ood": out["ood"]}
 
 
-def _stratified_keep(x_to_test: pd.DataFrame, frac: float, rule: str) -> list[str]:
-    """Near/far pruning inside each domain group: the same fraction kept from each."""
+def _stratified_keep(x_to_test: pd.DataFrame, frac: float, rule: str, by: str = "domain") -> list[str]:
+    """Near/far pruning inside each value of ``by`` (domain or domain group): the same
+    fraction kept from each, so the subset has the pool's mix of ``by``."""
+    if by not in x_to_test.columns or x_to_test[by].isna().any():
+        raise InvalidInput(f"stratified pruning needs a {by!r} label for every training image "
+                           f"(set similarity.stratify_by or stratified: false)")
     keys = []
-    for _, g in x_to_test.groupby("domain_group"):
+    for _, g in x_to_test.groupby(by):
         k = int(round(frac * len(g)))
         order = np.lexsort((g["key"].to_numpy(), g["sim"].to_numpy()))  # ascending sim, ties by key
         idx = order[:k] if rule == "near" else order[::-1][:k]

@@ -95,6 +95,23 @@ def test_drop_difference_pairs_images_within_groups():
     assert g["points"] == pytest.approx(40.0) and 25 < g["ci"][0] < 40 < g["ci"][1] < 55
 
 
+def test_stratified_near_pruning_keeps_each_domains_share_and_drops_its_nearest():
+    from clipaudit.studies.similarity import _stratified_keep
+
+    rng = np.random.default_rng(0)
+    domains = ["natural"] * 60 + ["sketch"] * 20 + ["painting"] * 20
+    x = pd.DataFrame({"key": [f"k{i:03d}" for i in range(100)], "sim": rng.random(100), "domain": domains,
+                      "domain_group": ["natural" if d == "natural" else "rendition" for d in domains]})
+    kept = x[x["key"].isin(_stratified_keep(x, 0.5, "near"))]
+    assert kept["domain"].value_counts().to_dict() == {"natural": 30, "sketch": 10, "painting": 10}
+    for dom, g in x.groupby("domain"):   # near: within each domain the least similar half stays
+        assert set(kept[kept["domain"] == dom]["key"]) == set(g.nsmallest(len(g) // 2, "sim")["key"])
+    by_group = x[x["key"].isin(_stratified_keep(x, 0.5, "near", by="domain_group"))]
+    assert by_group["domain_group"].value_counts().to_dict() == {"natural": 30, "rendition": 20}
+    with pytest.raises(InvalidInput, match="'style' label"):
+        _stratified_keep(x, 0.5, "near", by="style")
+
+
 def test_imagenet_style_subset_has_the_asked_common_share():
     from clipaudit.studies.backgrounds import _common_share, _imagenet_style
 
