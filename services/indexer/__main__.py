@@ -38,7 +38,7 @@ def build(rt: Runtime) -> ServiceParts:
 
     def on_event(event) -> None:
         if event.dataset.startswith(s.consume_dataset_prefix):
-            handler.on_embeddings_written(event, index=index)
+            handler.on_embeddings_written(event, index=index, model_id=s.consume_model)
 
     worker = WorkerSpec([TOPIC_EMBEDDINGS], s.consumer_group, events_pb2.EmbeddingsWritten.FromString, on_event)
     return ServiceParts(registrations=[(indexer_pb2_grpc.add_IndexerServicer_to_server, IndexerServicer(handler))],

@@ -782,10 +782,15 @@ class IndexerHandler:
         return np.asarray(self.embed_texts(texts), dtype=np.float32)
 
     # ---- the Kafka worker
-    def on_embeddings_written(self, event, index: str | None = None) -> int:
+    def on_embeddings_written(self, event, index: str | None = None, model_id: str = "") -> int:
         """embeddings.v1 -> add that shard's vectors to the index (created if absent).
-        Idempotent per (dataset, shard): a redelivered event adds nothing."""
+        Idempotent per (dataset, shard): a redelivered event adds nothing. ``model_id``
+        binds the index to one model whatever order events arrive in (without it the
+        first event's model creates the index and later models are refused)."""
         name = index or self.default_index
+        if model_id and event.model_id != model_id:
+            raise FailedPrecondition(f"index {name!r} takes embeddings of model {model_id!r} (consume_model); "
+                                     f"refusing {event.model_id!r} from {event.dataset}/{event.shard_id}")
         if not event.embeddings.uri or not event.metadata.uri:
             raise InvalidInput("EmbeddingsWritten without embeddings or metadata uri")
         vectors = np.load(io.BytesIO(get_object(event.embeddings.uri)), allow_pickle=False)

@@ -19,6 +19,8 @@ class IndexerSettings(ServiceSettings):
     default_index: str = "default"            # index used when a request names none
     consume_index: str = ""                   # index the Kafka worker adds to ("" = default_index)
     consume_dataset_prefix: str = ""          # only index events whose dataset starts with this ("" = all)
+    consume_model: str = ""                   # the model id that index takes; others are dead-lettered
+                                              # ("" = whichever model's event creates the index first)
     consumer_group: str = "indexer"
     embedder_address: str = ""                # host:port of the embedder, for search by text
     search_threads: int = 1                   # faiss OpenMP threads per search call (requests run in parallel)

@@ -49,7 +49,8 @@ def test_worker_indexes_events_and_dead_letters_other_models(stack, s3_store, ka
     env = {
         "CLIPAUDIT_INDEXER_GRPC_PORT": str(free_port()), "CLIPAUDIT_INDEXER_METRICS_PORT": str(free_port()),
         "CLIPAUDIT_INDEXER_STORE": s3_store.uri("store"), "CLIPAUDIT_INDEXER_CONSUMER_GROUP": f"indexer-{unique}",
-        "CLIPAUDIT_INDEXER_CONSUME_INDEX": "live", "CLIPAUDIT_INDEXER_CONSUME_DATASET_PREFIX": f"it-{unique}/",
+        "CLIPAUDIT_INDEXER_CONSUME_INDEX": "live", "CLIPAUDIT_INDEXER_CONSUME_MODEL": "tiny-m",
+        "CLIPAUDIT_INDEXER_CONSUME_DATASET_PREFIX": f"it-{unique}/",
         "CLIPAUDIT_INDEXER_REGISTER_PROMETHEUS": "false", "CLIPAUDIT_INDEXER_DEVICE": "cpu",
     }
     proc, ports = spawn("indexer", env=env, log_path=tmp_path / "indexer.log", timeout_s=120)

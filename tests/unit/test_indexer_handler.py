@@ -255,6 +255,12 @@ def test_kafka_worker_handler_is_idempotent_and_refuses_other_models(data):
     dlq = bus.messages("embeddings.v1.dlq")
     assert len(dlq) == 2 and "another" in events_pb2.DeadLetter.FromString(dlq[0].value).error
     assert h.index_info("live").count == len(vec["test_a"]) + len(vec["test_b"])
+    # bound to a model, an index refuses another model's event even when it arrives first
+    with pytest.raises(FailedPrecondition, match="consume_model"):
+        h.on_embeddings_written(event("e", vec["test_b"], model="another", shard="s4"), index="fresh",
+                                model_id="tiny-m")
+    assert h.on_embeddings_written(event("f", vec["test_b"], shard="s5"), index="fresh", model_id="tiny-m") == \
+        len(vec["test_b"])
 
 
 def test_add_vectors_appends_without_rewriting_the_shard(data):
