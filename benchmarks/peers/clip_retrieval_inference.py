@@ -76,6 +76,7 @@ def main(argv=None) -> int:
 
         spec = importlib.util.spec_from_file_location("clipaudit_towers", args.timm_towers)
         towers = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = towers   # timm's register_model looks its module up by name
         spec.loader.exec_module(towers)
         towers.register()
     if args.model_config:
