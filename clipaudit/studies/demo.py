@@ -33,12 +33,15 @@ def run_demo(args) -> int:
         print_summary(rep, root)
         reports.append(rep)
     if len(seeds) > 1:
+        from clipaudit.studies.report import render_seeds_html
+
         summary = summarise_seeds(reports)
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        (out / "summary.html").write_text(render_seeds_html(summary))
         for f in summary["findings"]:
             print(f"[{f['reproduced_in']}/{len(seeds)} seeds] {f['study']}: {f['claim']} — value "
                   f"{_fmt(f['mean'])} (95% CI over seeds {_fmt(f['ci'][0])}..{_fmt(f['ci'][1])})")
-        print(f"summary over {len(seeds)} seeds: {out}/summary.json")
+        print(f"summary over {len(seeds)} seeds: {out}/summary.html (data: {out}/summary.json)")
     print(f"demo wall time {time.perf_counter() - t0:.0f} s")
     return 0
 
@@ -54,9 +57,11 @@ def summarise_seeds(reports: list[dict]) -> dict:
 
 def _summarise(reports: list[dict]) -> dict:
     by_claim: dict[tuple, list] = {}
+    seeds_of: dict[tuple, list] = {}
     for r in reports:
         for f in r["findings"]:
             by_claim.setdefault((f["study"], f["claim"]), []).append(f)
+            seeds_of.setdefault((f["study"], f["claim"]), []).append(r)
     out = []
     for (study, claim), fs in by_claim.items():
         vals = [f["value"] for f in fs if isinstance(f["value"], (int, float)) and not isinstance(f["value"], bool)]
@@ -68,6 +73,8 @@ def _summarise(reports: list[dict]) -> dict:
             ci = [mean - t * se, mean + t * se]
         out.append({"study": study, "claim": claim, "seeds": len(fs),
                     "reproduced_in": sum(1 for f in fs if f["reproduced"] is True), "values": vals,
-                    "mean": mean, "ci": ci})
+                    "mean": mean, "ci": ci,
+                    "per_seed": [{"seed": r["seed"], "reproduced": f["reproduced"], "detail": f["detail"]}
+                                 for r, f in zip(seeds_of[(study, claim)], fs)]})
     return {"seeds": [r["seed"] for r in reports], "findings": out,
             "wall_time_s": [r["timings"]["total_s"] for r in reports]}

@@ -373,3 +373,36 @@ def render_html(report: dict) -> str:
                                                           for k, v in t["per_study_s"].items()) + "</table>"]))
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>clipaudit — {_e(report['name'])}</title>"
             f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def render_seeds_html(summary: dict) -> str:
+    """The page of ``clipaudit demo --seeds N``: every finding, in how many seeds its
+    direction held, each seed's verdict and measurement, and the mean with a t-interval
+    over seeds (the interval that includes training noise)."""
+    seeds = summary["seeds"]
+    head = "".join(f"<th>seed {s}</th>" for s in seeds)
+    rows = []
+    for f in summary["findings"]:
+        k, n = f["reproduced_in"], f["seeds"]
+        cls = "yes" if k == n else "no" if k == 0 else "na"
+        cells = []
+        for ps in f.get("per_seed", []):
+            r = ps["reproduced"]
+            word = "reproduced" if r is True else "NOT reproduced" if r is False else "undetermined"
+            cells.append(f'<td><b>{word}</b><br><span class="muted">{_e(ps["detail"])}</span></td>')
+        mean = "–" if f["mean"] is None else (
+            f"{f['mean']:+.2f}" + ("" if f["ci"][0] is None else f" ({f['ci'][0]:+.2f}..{f['ci'][1]:+.2f})"))
+        rows.append(f'<tr class="{cls}"><td>{_e(f["study"])}</td><td>{_e(f["claim"])}</td>'
+                    f"<td><b>{k}/{n}</b></td>{''.join(cells)}<td>{mean}</td></tr>")
+    links = " · ".join(f'<a href="seed-{s}/report.html">seed {s}</a>' for s in seeds)
+    walls = ", ".join(f"{w:.0f} s" for w in summary.get("wall_time_s", []))
+    body = (f"<h1>clipaudit demo over {len(seeds)} seeds</h1>"
+            f"<p class='muted'>Each seed regenerates the collection and retrains every model. Per-seed reports: "
+            f"{links}. Wall time per seed in this invocation (a resumed run counts only the steps it redid): "
+            f"{walls}. A verdict is computed from its seed's data (95% interval "
+            f"over test images); the last column is the mean value over seeds with a 95% t-interval, which "
+            f"includes training noise.</p>"
+            f"<table><tr><th>study</th><th>finding (direction)</th><th>seeds</th>{head}"
+            f"<th>mean over seeds (95% t-interval)</th></tr>{''.join(rows)}</table>")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>clipaudit — {len(seeds)} seeds</title>"
+            f"<style>{CSS}</style></head><body>{body}</body></html>")

@@ -112,6 +112,27 @@ def test_stratified_near_pruning_keeps_each_domains_share_and_drops_its_nearest(
         _stratified_keep(x, 0.5, "near", by="style")
 
 
+def test_seed_summary_counts_directions_and_renders_every_finding():
+    from clipaudit.studies.demo import summarise_seeds
+    from clipaudit.studies.report import render_seeds_html
+
+    def report(seed, a, b):
+        return {"seed": seed, "timings": {"total_s": 700.0 + seed},
+                "findings": [{"study": "s", "claim": "effect A > 0", "reproduced": a > 0, "value": a, "detail": f"A={a}"},
+                             {"study": "s", "claim": "effect B > 0", "reproduced": None, "value": b, "detail": f"B={b}"}]}
+
+    summary = summarise_seeds([report(0, 2.0, -1.0), report(1, 4.0, 1.0), report(2, -3.0, 0.0)])
+    a, b = summary["findings"]
+    assert (a["reproduced_in"], a["seeds"], b["reproduced_in"]) == (2, 3, 0)
+    assert a["mean"] == pytest.approx(1.0)
+    se = np.std([2.0, 4.0, -3.0], ddof=1) / np.sqrt(3)
+    assert a["ci"] == pytest.approx([1.0 - 4.30 * se, 1.0 + 4.30 * se])
+    assert [p["seed"] for p in a["per_seed"]] == [0, 1, 2] and a["per_seed"][2]["reproduced"] is False
+    page = render_seeds_html(summary)
+    assert "effect A &gt; 0" in page and "<b>2/3</b>" in page and "<b>0/3</b>" in page
+    assert 'href="seed-2/report.html"' in page and "A=-3.0" in page and "702 s" in page
+
+
 def test_imagenet_style_subset_has_the_asked_common_share():
     from clipaudit.studies.backgrounds import _common_share, _imagenet_style
 
