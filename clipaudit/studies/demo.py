@@ -56,14 +56,13 @@ def summarise_seeds(reports: list[dict]) -> dict:
 
 
 def _summarise(reports: list[dict]) -> dict:
-    by_claim: dict[tuple, list] = {}
-    seeds_of: dict[tuple, list] = {}
+    by_claim: dict[tuple, list] = {}   # (study, claim) -> [(seed, finding)] in seed order
     for r in reports:
         for f in r["findings"]:
-            by_claim.setdefault((f["study"], f["claim"]), []).append(f)
-            seeds_of.setdefault((f["study"], f["claim"]), []).append(r)
+            by_claim.setdefault((f["study"], f["claim"]), []).append((r["seed"], f))
     out = []
-    for (study, claim), fs in by_claim.items():
+    for (study, claim), pairs in by_claim.items():
+        fs = [f for _, f in pairs]
         vals = [f["value"] for f in fs if isinstance(f["value"], (int, float)) and not isinstance(f["value"], bool)]
         mean = float(np.mean(vals)) if vals else None
         ci = [None, None]
@@ -74,7 +73,7 @@ def _summarise(reports: list[dict]) -> dict:
         out.append({"study": study, "claim": claim, "seeds": len(fs),
                     "reproduced_in": sum(1 for f in fs if f["reproduced"] is True), "values": vals,
                     "mean": mean, "ci": ci,
-                    "per_seed": [{"seed": r["seed"], "reproduced": f["reproduced"], "detail": f["detail"]}
-                                 for r, f in zip(seeds_of[(study, claim)], fs)]})
+                    "per_seed": [{"seed": seed, "reproduced": f["reproduced"], "detail": f["detail"]}
+                                 for seed, f in pairs]})
     return {"seeds": [r["seed"] for r in reports], "findings": out,
             "wall_time_s": [r["timings"]["total_s"] for r in reports]}

@@ -269,11 +269,17 @@ figure{margin:0;width:92px;font-size:10px} .side{writing-mode:vertical-rl;font-s
 """
 
 
+def _verdict(reproduced: bool | None) -> tuple[str, str]:
+    """(CSS class, word) of a finding's verdict."""
+    if reproduced is True:
+        return "yes", "reproduced"
+    return ("no", "NOT reproduced") if reproduced is False else ("na", "undetermined")
+
+
 def _findings_table(findings: list[dict]) -> str:
     rows = []
     for f in findings:
-        r = f["reproduced"]
-        cls, word = ("yes", "reproduced") if r is True else ("no", "NOT reproduced") if r is False else ("na", "undetermined")
+        cls, word = _verdict(f["reproduced"])
         rows.append(f'<tr class="{cls}"><td>{_e(f["study"])}</td><td>{_e(f["claim"])}</td><td><b>{word}</b></td>'
                     f'<td>{_e(f["detail"])}</td></tr>')
     return ("<table><tr><th>study</th><th>finding (direction)</th><th>verdict</th><th>measured</th></tr>"
@@ -387,8 +393,7 @@ def render_seeds_html(summary: dict) -> str:
         cls = "yes" if k == n else "no" if k == 0 else "na"
         cells = []
         for ps in f.get("per_seed", []):
-            r = ps["reproduced"]
-            word = "reproduced" if r is True else "NOT reproduced" if r is False else "undetermined"
+            word = _verdict(ps["reproduced"])[1]
             cells.append(f'<td><b>{word}</b><br><span class="muted">{_e(ps["detail"])}</span></td>')
         mean = "–" if f["mean"] is None else (
             f"{f['mean']:+.2f}" + ("" if f["ci"][0] is None else f" ({f['ci'][0]:+.2f}..{f['ci'][1]:+.2f})"))
