@@ -7,6 +7,11 @@ natural-only; leave-out-domain (real + the other rendition domains); CG low-dive
 D only). Accuracy on D's images of C; per-domain contribution when domains are added
 one by one; CKA and neuron sharing between domains per layer.
 
+Rendition domains enter a mixture whole and natural images fill it to the common size, as
+in the paper: CG high holds all of CG low's renditions plus every other domain, so the two
+differ only in the added domains (an earlier version capped every mixture at the same
+number of renditions, which left CG high with a quarter of CG low's images of D).
+
 A fifth mixture, *seen in D* (real + D with every class, same size as CG low), is the
 like-for-like reference for "unseen classes are harder": the same test images (D's
 images of C), one model that saw C drawn in D and one that did not. Comparing C with
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from clipaudit.errors import InvalidInput
 from clipaudit.studies.context import StudyContext, accuracy, direction, finding, paired_difference
 
 
@@ -38,8 +44,11 @@ def run(ctx: StudyContext, base: dict) -> dict:
     d_all = keys(meta["domain"] == D)
     other_r = keys(meta["domain"].isin(others))
     all_r_minus_c = keys(meta["domain"].isin(others) | ((meta["domain"] == D) & ~meta["class"].isin(C)))
-    R = min(len(d_minus_c), len(other_r))
     N = len(real)
+    n_dc, n_other = len(d_minus_c), len(other_r)
+    if n_dc == 0 or n_other == 0 or n_dc + n_other >= N:
+        raise InvalidInput(f"dg_cg needs {D} images outside the held-out classes, other rendition domains and more "
+                           f"natural images than renditions; the pool has {n_dc}, {n_other} and {N}")
     m = {
         "real": ctx.manifest("s3-real", real, rule="domain-split", parameters={"domain": "natural"}),
         "d_minus_c": ctx.manifest("s3-d-minus-c", d_minus_c, rule="domain-split",
@@ -49,18 +58,26 @@ def run(ctx: StudyContext, base: dict) -> dict:
         "all_minus_c": ctx.manifest("s3-all-renditions-minus-c", all_r_minus_c, rule="domain-split",
                                     parameters={"domains": renditions, "without_classes_in": D, "classes": C}),
     }
+
+    sizes = {"d_minus_c": n_dc, "d_all": len(d_all), "others": n_other, "all_minus_c": len(all_r_minus_c)}
+
+    def with_real(key: str, name: str, count: int | None = None) -> list[dict]:
+        """A rendition component in full (or ``count`` of it), natural images filling the mixture to N:
+        every mixture has the same size and differs from natural-only only in what replaces real images."""
+        used = sizes[key] if count is None else count
+        return [{"manifest": m["real"], "count": N - used, "name": "real"},
+                {"manifest": m[key], "count": count, "name": name}]
+
+    # the paper's mixtures (STUDIES.md): rendition domains enter whole, the natural part is subsampled
+    # to equal size; CG high holds CG low's D-without-C and adds every other domain
     mixes = {
         "natural-only": [{"manifest": m["real"], "count": N, "name": "real"}],
-        "leave-out-domain": [{"manifest": m["real"], "count": N - R, "name": "real"},
-                             {"manifest": m["others"], "count": R, "name": "other-renditions"}],
-        "cg-low": [{"manifest": m["real"], "count": N - R, "name": "real"},
-                   {"manifest": m["d_minus_c"], "count": R, "name": f"{D}-minus-C"}],
-        "cg-high": [{"manifest": m["real"], "count": N - R, "name": "real"},
-                    {"manifest": m["all_minus_c"], "count": R, "name": "renditions-minus-C-in-D"}],
-        "seen-in-domain": [{"manifest": m["real"], "count": N - R, "name": "real"},
-                           {"manifest": m["d_all"], "count": R, "name": D}],
+        "leave-out-domain": with_real("others", "other-renditions"),
+        "cg-low": with_real("d_minus_c", f"{D}-minus-C"),
+        "cg-high": with_real("all_minus_c", "renditions-minus-C-in-D"),
+        "seen-in-domain": with_real("d_all", D, n_dc),   # like CG low, but C drawn in D too: same size
     }
-    # per-domain contribution: real + domains added one by one (C removed from D), equal size
+    # per-domain contribution: real + domains added one by one (C removed from D), in full, equal size
     contrib_rows, adds = [], []
     added: list[str] = []
     for dom in [D, *others]:
@@ -69,11 +86,10 @@ def run(ctx: StudyContext, base: dict) -> dict:
                   if D in added else meta["domain"].isin(added))
         man = ctx.manifest(f"s3-add-{'-'.join(added)}", ks, rule="domain-split",
                            parameters={"domains": list(added), "without_classes_in": D, "classes": C})
-        r = min(R, len(ks))
         name = f"s3-add-{len(added)}"
-        adds.append((name, {"mixture": [{"manifest": m["real"], "count": N - r, "name": "real"},
-                                        {"manifest": man, "count": r, "name": "+".join(added)}]}))
-        contrib_rows.append({"name": name, "domains": list(added), "renditions": r})
+        adds.append((name, {"mixture": [{"manifest": m["real"], "count": N - len(ks), "name": "real"},
+                                        {"manifest": man, "count": None, "name": "+".join(added)}]}))
+        contrib_rows.append({"name": name, "domains": list(added), "renditions": len(ks)})
     ctx.prefetch([(f"s3-{n}", {"mixture": c}, {}) for n, c in mixes.items()] + [(n, sub, {}) for n, sub in adds])
     runs = {name: ctx.train(f"s3-{name}", {"mixture": comps}) for name, comps in mixes.items()}
     for name, sub in adds:
@@ -132,7 +148,8 @@ def run(ctx: StudyContext, base: dict) -> dict:
                                 "mean linear CKA over layers with natural images: "
                                 + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cka.items(), key=lambda kv: kv[1]))))
     return {
-        "test_domain": D, "held_out_classes": C, "size": N, "renditions_per_mixture": R,
+        "test_domain": D, "held_out_classes": C, "size": N,
+        "renditions_per_mixture": {n: N - comps[0]["count"] for n, comps in mixes.items()},
         "mixtures": {n: {"components": comps, "counts": runs[n if n in runs else n]["resolved_counts"]}
                      for n, comps in mixes.items()},
         "manifests": {k: ctx.lineage(u) for k, u in m.items()},

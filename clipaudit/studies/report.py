@@ -359,7 +359,8 @@ def render_html(report: dict) -> str:
         s3 = s["dg_cg"]
         parts.append(_section("Study 3 — domain vs compositional generalisation", [
             f"<p>Test domain <b>{_e(s3['test_domain'])}</b>, held-out classes {_e(', '.join(s3['held_out_classes']))}; "
-            f"every mixture has {s3['size']} images ({s3['renditions_per_mixture']} renditions).</p>",
+            f"every mixture has {s3['size']} images; renditions in each: "
+            + _e(", ".join(f"{k} {v}" for k, v in (s3.get("renditions_per_mixture") or {}).items())) + ".</p>",
             plot_dg_cg(s3), plot_cka(s3)]))
     if "backgrounds" in s:
         s4 = s["backgrounds"]
