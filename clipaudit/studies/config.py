@@ -60,6 +60,17 @@ class TrainingConfig(_Strict):
                                               "to compare embedded and distributed runs bit for bit")
 
 
+class SimilarityModelConfig(_Strict):
+    """The fixed model that embeds images for studies 1 and 2 (nearest-neighbour similarity, the
+    natural/rendition classifier). The papers use a strong CLIP trained apart from the models under
+    study; here it is a CLIP trained on the whole pool for ``samples`` (longer than the study runs,
+    so its neighbours follow style and class rather than noise), or the study's full model when
+    ``samples`` is null."""
+
+    samples: int | None = Field(None, ge=1, description="training samples of the similarity model (null: use the "
+                                                        "full model, trained with training.samples)")
+
+
 class SimilarityStudy(_Strict):
     keep_fractions: list[float] = Field(default_factory=lambda: [0.85, 0.7, 0.5], min_length=3)
     prune_against: Literal["ood", "all"] = Field(
@@ -107,6 +118,7 @@ class StudyConfig(_Strict):
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    similarity_model: SimilarityModelConfig = Field(default_factory=SimilarityModelConfig)
     similarity: SimilarityStudy = Field(default_factory=SimilarityStudy)
     domains: DomainsStudy = Field(default_factory=DomainsStudy)
     dg_cg: DgCgStudy = Field(default_factory=DgCgStudy)

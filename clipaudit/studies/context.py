@@ -144,6 +144,14 @@ class StudyContext:
         self.models[name] = result
         return result
 
+    def similarity_model(self, base: dict) -> dict:
+        """The fixed model that embeds for similarity and for the domain classifier
+        (``similarity_model`` in the config): the full model, or the whole pool trained longer."""
+        samples = self.cfg.similarity_model.samples
+        if not samples:
+            return base["full"]
+        return self.train("similarity-model", base["full"]["subset"], samples=samples)
+
     def close(self) -> None:
         for f in self._inflight.values():
             f.cancel()

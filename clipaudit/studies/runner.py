@@ -20,6 +20,12 @@ from clipaudit.studies.context import StudyContext
 from clipaudit.studies.ops import EmbeddedOps
 from clipaudit.studies.workspace import Workspace
 
+# execution order: studies that need the similarity model run after one that does not, so the
+# similarity model (a longer run) trains while dg_cg's runs share the worker pool; backgrounds
+# reads checkpoints of every other study, so it runs last. The report keeps the config's order.
+_EXECUTION_RANK = {"dg_cg": 0, "similarity": 1, "domains": 2, "backgrounds": 3}
+_NEEDS_SIMILARITY_MODEL = {"similarity", "domains"}
+
 STUDIES = {
     "similarity": similarity.run,
     "domains": domains.run,
@@ -60,10 +66,16 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, *, ops=None, out: str | Non
                               parent=ctx.split(cfg.data.train))
     sections = {}
     try:
-        base = {"full": ctx.train("full", {"manifest": everything})}
-        for name in cfg.studies:
+        pool = {"manifest": everything}
+        first = [("full", pool, {})]
+        if cfg.similarity_model.samples and _NEEDS_SIMILARITY_MODEL & set(cfg.studies):
+            first.insert(0, ("similarity-model", pool, {"samples": cfg.similarity_model.samples}))
+        ctx.prefetch(first)
+        base = {"full": ctx.train("full", pool)}
+        for name in sorted(cfg.studies, key=_EXECUTION_RANK.__getitem__):
             ws.study = name
             sections[name] = STUDIES[name](ctx, base)
+        sections = {name: sections[name] for name in cfg.studies}
     finally:
         ctx.close()
     report = {

@@ -38,8 +38,9 @@ def run(ctx: StudyContext, base: dict) -> dict:
     cfg, d = ctx.cfg.similarity, ctx.cfg.data
     full = base["full"]
     tests = d.id_tests + d.ood_tests
-    # 1. embed everything with one fixed similarity model (the full model: documented choice)
-    emb = {s: ctx.embed(s, full, "similarity-model") for s in [d.train, d.reference, *tests]}
+    # 1. embed everything with one fixed similarity model (config ``similarity_model``)
+    sim_model = ctx.similarity_model(base)
+    emb = {s: ctx.embed(s, sim_model, "similarity-model") for s in [d.train, d.reference, *tests]}
     train_meta = ctx.metadata(d.train)
 
     # 2. NN similarity of each test image to the training pool and to the reference set
@@ -178,7 +179,8 @@ def run(ctx: StudyContext, base: dict) -> dict:
         "prune_against": against,
         "matched": {"subsets": matched, "result": matched_result},
         "full": _accs(full_pred, d),
-        "similarity_model": full["checkpoint"],
+        "similarity_model": sim_model["checkpoint"],
+        "similarity_model_samples": ctx.cfg.similarity_model.samples or ctx.cfg.training.samples,
         "gallery": gallery,
         "findings": findings,
     }

@@ -22,6 +22,7 @@ CONFIG = {
     "training.samples": 256, "training.batch_size": 32, "training.warmup_steps": 2, "training.device": "cpu",
     "training.threads": 1,   # both modes on one intra-op thread: the same float rounding, the same models
     "similarity.keep_fractions": [0.8, 0.6, 0.4], "similarity.stratified": False, "similarity.gallery": 1,
+    "similarity_model.samples": 512,
 }
 
 

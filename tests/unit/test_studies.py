@@ -18,7 +18,7 @@ TINY = {
     "training.samples": 384, "training.batch_size": 32, "training.warmup_steps": 2,
     "training.supervised_samples": 384, "training.device": "cpu",
     "similarity.keep_fractions": [0.8, 0.6, 0.4], "similarity.gallery": 2,
-    "domains.add_renditions": [0, 8, 16, 32],
+    "domains.add_renditions": [0, 8, 16, 32], "similarity_model.samples": 512,
 }
 
 
@@ -164,6 +164,9 @@ def test_all_four_studies_end_to_end_tiny(tmp_path):
     assert {r["rule"] for r in s1["pruning_sweep"]} >= {"near", "far", "random"}
     assert len({r["keep_fraction"] for r in s1["pruning_sweep"]}) == 3
     assert any(m["name"] == "combined" for m in s1["matched"]["subsets"])
+    # the similarity model is its own, longer run (config similarity_model), not the full model
+    assert s1["similarity_model"] != data["models"]["full"]["checkpoint"] and s1["similarity_model_samples"] == 512
+    assert s1["similarity_model"] == data["models"]["similarity-model"]["checkpoint"]
     assert s1["gallery"] and all(len(g["neighbours"]) == 5 and g["image"] for g in s1["gallery"])
     s2 = data["studies"]["domains"]
     assert len(s2["sweep_a"]) == 4 and len(s2["sweep_b"]) == 4
