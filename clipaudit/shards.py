@@ -353,6 +353,45 @@ def _parse_pax(data: bytes) -> dict[str, str]:
     return out
 
 
+class _Header:
+    """What the reader needs of a tar header: name, size, type (tarfile.TarInfo's names)."""
+
+    __slots__ = ("name", "size", "type")
+
+    def __init__(self, name: str, size: int, type: bytes):
+        self.name, self.size, self.type = name, size, type
+
+
+_USTAR = b"ustar\x0000"          # POSIX ustar magic + version (our writer's, and tarfile's default PAX format)
+_PLAIN_TYPES = frozenset(b"0\x00xgLK")   # regular file, PAX record, GNU long name/link
+
+
+def _header(block: bytes):
+    """Parse one 512-byte tar header. The common case (ustar magic, octal numbers, a regular
+    file, PAX or GNU long-name record) is read directly: ``tarfile.TarInfo.frombuf``
+    decodes every field (mode, uid, mtime, ...) and took a third of a decode worker's time on
+    small JPEGs (services/embedder/README.md). Anything else (GNU or V7 headers, base-256
+    numbers, directories, sparse files, other types, a checksum that does not match) goes through
+    ``frombuf``, which also raises ``tarfile.HeaderError`` for a bad checksum or number."""
+    t = block[156:157]
+    if block[257:265] != _USTAR or t[0] not in _PLAIN_TYPES or block[124] & 0x80 or block[148] & 0x80:
+        return tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+    try:
+        size = int(block[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        stored = int(block[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
+    except ValueError:
+        raise tarfile.InvalidHeaderError("invalid header") from None
+    if stored != 256 + sum(block[:148]) + sum(block[156:]):   # the checksum field counts as 8 spaces
+        return tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")   # a signed sum, or a bad one
+    name = block[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+    prefix = block[345:500].split(b"\0", 1)[0]
+    if prefix and t not in tarfile.GNU_TYPES:
+        name = prefix.decode("utf-8", "surrogateescape") + "/" + name
+    if t == tarfile.AREGTYPE and name.endswith("/"):
+        return tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")   # a V7-style directory
+    return _Header(name, size, t)
+
+
 def _iter_members(f: IO[bytes], source: str) -> Iterator[tuple[str, bytes]]:
     """Yield ``(name, data)`` for each regular file in a tar stream.
 
@@ -373,7 +412,7 @@ def _iter_members(f: IO[bytes], source: str) -> Iterator[tuple[str, bytes]]:
         if header == b"\0" * BLOCK:
             return  # end of archive (a second zero block and padding may follow)
         try:
-            info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
+            info = _header(header)
         except tarfile.HeaderError as e:
             raise ShardError(f"{source} is corrupt: bad tar header at byte {offset} ({e})", source=source) from None
         size = info.size
