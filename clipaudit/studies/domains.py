@@ -26,7 +26,8 @@ def run(ctx: StudyContext, base: dict) -> dict:
     cfg, d = ctx.cfg.domains, ctx.cfg.data
     full = base["full"]
     tests = d.id_tests + d.ood_tests
-    emb = {s: ctx.embed(s, ctx.similarity_model(base), "similarity-model") for s in [d.train, *tests]}
+    sim_model = ctx.similarity_model(base)   # the same embeddings as study 1's
+    emb = {s: ctx.embed(s, sim_model, "similarity-model") for s in [d.train, *tests]}
 
     # 1-2. the classifier, thresholds at the target precisions (labels: the pool's ground truth)
     clf = ctx.ws.step("domains/classifier", lambda: ctx.ops.train_domain_classifier(
