@@ -144,13 +144,20 @@ class StudyContext:
         self.models[name] = result
         return result
 
+    def similarity_model_job(self, pool: dict) -> tuple[str, dict, dict] | None:
+        """The training run of the similarity model as ``(name, subset, train kwargs)`` (what
+        :meth:`prefetch` and :meth:`train` take), or None when the full model embeds."""
+        samples = self.cfg.similarity_model.samples
+        return ("similarity-model", pool, {"samples": samples}) if samples else None
+
     def similarity_model(self, base: dict) -> dict:
         """The fixed model that embeds for similarity and for the domain classifier
         (``similarity_model`` in the config): the full model, or the whole pool trained longer."""
-        samples = self.cfg.similarity_model.samples
-        if not samples:
+        job = self.similarity_model_job(base["full"]["subset"])
+        if job is None:
             return base["full"]
-        return self.train("similarity-model", base["full"]["subset"], samples=samples)
+        name, subset, kw = job
+        return self.train(name, subset, **kw)
 
     def close(self) -> None:
         for f in self._inflight.values():

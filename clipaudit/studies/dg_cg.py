@@ -9,8 +9,7 @@ one by one; CKA and neuron sharing between domains per layer.
 
 Rendition domains enter a mixture whole and natural images fill it to the common size, as
 in the paper: CG high holds all of CG low's renditions plus every other domain, so the two
-differ only in the added domains (an earlier version capped every mixture at the same
-number of renditions, which left CG high with a quarter of CG low's images of D).
+differ only in the added domains.
 
 A fifth mixture, *seen in D* (real + D with every class, same size as CG low), is the
 like-for-like reference for "unseen classes are harder": the same test images (D's
@@ -59,23 +58,21 @@ def run(ctx: StudyContext, base: dict) -> dict:
                                     parameters={"domains": renditions, "without_classes_in": D, "classes": C}),
     }
 
-    sizes = {"d_minus_c": n_dc, "d_all": len(d_all), "others": n_other, "all_minus_c": len(all_r_minus_c)}
-
-    def with_real(key: str, name: str, count: int | None = None) -> list[dict]:
-        """A rendition component in full (or ``count`` of it), natural images filling the mixture to N:
-        every mixture has the same size and differs from natural-only only in what replaces real images."""
-        used = sizes[key] if count is None else count
-        return [{"manifest": m["real"], "count": N - used, "name": "real"},
-                {"manifest": m[key], "count": count, "name": name}]
+    def with_real(manifest: str, size: int, name: str, count: int | None = None) -> list[dict]:
+        """A rendition component of ``size`` keys in full (or ``count`` of them), natural images filling
+        the mixture to N: every mixture has the same size and differs from natural-only only in what
+        replaces real images."""
+        return [{"manifest": m["real"], "count": N - (size if count is None else count), "name": "real"},
+                {"manifest": manifest, "count": count, "name": name}]
 
     # the paper's mixtures (STUDIES.md): rendition domains enter whole, the natural part is subsampled
     # to equal size; CG high holds CG low's D-without-C and adds every other domain
     mixes = {
         "natural-only": [{"manifest": m["real"], "count": N, "name": "real"}],
-        "leave-out-domain": with_real("others", "other-renditions"),
-        "cg-low": with_real("d_minus_c", f"{D}-minus-C"),
-        "cg-high": with_real("all_minus_c", "renditions-minus-C-in-D"),
-        "seen-in-domain": with_real("d_all", D, n_dc),   # like CG low, but C drawn in D too: same size
+        "leave-out-domain": with_real(m["others"], n_other, "other-renditions"),
+        "cg-low": with_real(m["d_minus_c"], n_dc, f"{D}-minus-C"),
+        "cg-high": with_real(m["all_minus_c"], len(all_r_minus_c), "renditions-minus-C-in-D"),
+        "seen-in-domain": with_real(m["d_all"], len(d_all), D, n_dc),   # like CG low, but C drawn in D too
     }
     # per-domain contribution: real + domains added one by one (C removed from D), in full, equal size
     contrib_rows, adds = [], []
@@ -87,8 +84,7 @@ def run(ctx: StudyContext, base: dict) -> dict:
         man = ctx.manifest(f"s3-add-{'-'.join(added)}", ks, rule="domain-split",
                            parameters={"domains": list(added), "without_classes_in": D, "classes": C})
         name = f"s3-add-{len(added)}"
-        adds.append((name, {"mixture": [{"manifest": m["real"], "count": N - len(ks), "name": "real"},
-                                        {"manifest": man, "count": None, "name": "+".join(added)}]}))
+        adds.append((name, {"mixture": with_real(man, len(ks), "+".join(added))}))
         contrib_rows.append({"name": name, "domains": list(added), "renditions": len(ks)})
     ctx.prefetch([(f"s3-{n}", {"mixture": c}, {}) for n, c in mixes.items()] + [(n, sub, {}) for n, sub in adds])
     runs = {name: ctx.train(f"s3-{name}", {"mixture": comps}) for name, comps in mixes.items()}
@@ -150,7 +146,7 @@ def run(ctx: StudyContext, base: dict) -> dict:
     return {
         "test_domain": D, "held_out_classes": C, "size": N,
         "renditions_per_mixture": {n: N - comps[0]["count"] for n, comps in mixes.items()},
-        "mixtures": {n: {"components": comps, "counts": runs[n if n in runs else n]["resolved_counts"]}
+        "mixtures": {n: {"components": comps, "counts": runs[n]["resolved_counts"]}
                      for n, comps in mixes.items()},
         "manifests": {k: ctx.lineage(u) for k, u in m.items()},
         "accuracy": table, "contribution": contrib_rows, "mechanistic": mech, "findings": findings,

@@ -67,10 +67,8 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, *, ops=None, out: str | Non
     sections = {}
     try:
         pool = {"manifest": everything}
-        first = [("full", pool, {})]
-        if cfg.similarity_model.samples and _NEEDS_SIMILARITY_MODEL & set(cfg.studies):
-            first.insert(0, ("similarity-model", pool, {"samples": cfg.similarity_model.samples}))
-        ctx.prefetch(first)
+        sim_job = ctx.similarity_model_job(pool) if _NEEDS_SIMILARITY_MODEL & set(cfg.studies) else None
+        ctx.prefetch([sim_job, ("full", pool, {})] if sim_job else [("full", pool, {})])   # the longer run first
         base = {"full": ctx.train("full", pool)}
         for name in sorted(cfg.studies, key=_EXECUTION_RANK.__getitem__):
             ws.study = name
