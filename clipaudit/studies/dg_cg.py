@@ -105,14 +105,14 @@ def run(ctx: StudyContext, base: dict) -> dict:
     for row in contrib_rows:
         row["accuracy"] = table[row["name"]]
 
-    # mechanistic similarity between domains, per layer (the CG high-diversity model)
-    mech = {}
-    for dom in cfg.mechanistic_domains:
-        if dom == "natural":
-            continue
-        ev = ctx.evaluate("s3-cg-high", runs["cg-high"], ["test_natural", f"test_{dom}"],
-                          spec={"mechanistic": {"domains": ["natural", dom], "column": "domain"}}, tag=f"-mech-{dom}")
-        mech[dom] = ctx.report_json(ev).get("mechanistic")
+    # mechanistic similarity between every pair of domains, per layer (the CG high-diversity model, which
+    # saw every domain); one evaluation encodes each domain's test set once
+    doms = list(dict.fromkeys(cfg.mechanistic_domains))
+    mech = None
+    if len(doms) >= 2:
+        ev = ctx.evaluate("s3-cg-high", runs["cg-high"], [_test_set_of(dom) for dom in doms],
+                          spec={"mechanistic": {"domains": doms, "column": "domain"}}, tag="-mech")
+        mech = ctx.report_json(ev).get("mechanistic")
 
     findings = []
     dc = {n: evals[n][(evals[n]["test_set"] == test_D) & evals[n]["class"].isin(C)] for n in mixes}
@@ -136,13 +136,18 @@ def run(ctx: StudyContext, base: dict) -> dict:
                             f"low-diversity model that did not: {_fmt_pts(unseen)} (same images, same mixture size); "
                             f"inside the CG low model, {D} seen classes {_pct(seen)} vs held-out {_pct(held)} "
                             f"(different classes, so class difficulty is mixed in)"))
-    cka = {dom: _mean_cka(v) for dom, v in mech.items()}
-    if cka and all(v is not None for v in cka.values()) and "quickdraw" in cka:
+    cka = mean_cka_per_domain(mech)
+    if cka and "quickdraw" in cka:
         lowest = min(cka, key=cka.get)
-        findings.append(finding("dg_cg", "quickdraw shows the lowest mechanistic similarity to natural images",
-                                lowest == "quickdraw", cka,
-                                "mean linear CKA over layers with natural images: "
-                                + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cka.items(), key=lambda kv: kv[1]))))
+        with_natural = {p["domains"][1]: _mean_cka(p) for p in mech["pairs"] if p["domains"][0] == "natural"}
+        findings.append(finding(
+            "dg_cg", "quickdraw shows the lowest mechanistic similarity to the other domains",
+            lowest == "quickdraw", cka,
+            "mean linear CKA over layers and over each domain's pairs with the other domains: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cka.items(), key=lambda kv: kv[1]))
+            + ("; with natural images alone: " + ", ".join(
+                f"{k} {v:.2f}" for k, v in sorted(with_natural.items(), key=lambda kv: kv[1])
+                if v is not None) if with_natural else "")))
     return {
         "test_domain": D, "held_out_classes": C, "size": N,
         "renditions_per_mixture": {n: N - comps[0]["count"] for n, comps in mixes.items()},
@@ -153,11 +158,26 @@ def run(ctx: StudyContext, base: dict) -> dict:
     }
 
 
-def _mean_cka(mech: dict | None) -> float | None:
-    if not mech or not mech.get("layers"):
+def _test_set_of(domain: str) -> str:
+    return f"test_{domain}"
+
+
+def _mean_cka(pair: dict | None) -> float | None:
+    """Mean linear CKA over the layers of one domain pair (None when undefined)."""
+    if not pair or not pair.get("layers"):
         return None
-    vals = [layer["cka_linear"] for layer in mech["layers"] if layer.get("cka_linear") is not None]
+    vals = [layer["cka_linear"] for layer in pair["layers"] if layer.get("cka_linear") is not None]
     return float(np.mean(vals)) if vals else None
+
+
+def mean_cka_per_domain(mech: dict | None) -> dict[str, float]:
+    """Each domain's mean over its pairs with the other domains of the pair-wise mean
+    linear CKA; {} unless every pair is defined (a missing pair would bias a domain's mean)."""
+    pairs = (mech or {}).get("pairs") or []
+    values = {tuple(p["domains"]): _mean_cka(p) for p in pairs}
+    if not values or any(v is None for v in values.values()):
+        return {}
+    return {d: float(np.mean([v for pair, v in values.items() if d in pair])) for d in mech["domains"]}
 
 
 def _pct(x):

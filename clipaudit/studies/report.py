@@ -197,29 +197,49 @@ def plot_dg_cg(s3: dict) -> str:
 
 
 def plot_cka(s3: dict) -> str:
+    """Left: domain x domain mean linear CKA (over layers); middle: the same for neuron
+    sharing; right: linear CKA per layer for every pair."""
     plt = _fig()
-    mech = {d: m for d, m in (s3.get("mechanistic") or {}).items() if m and m.get("layers")}
-    if not mech:
+    mech = s3.get("mechanistic") or {}
+    pairs = [p for p in mech.get("pairs") or [] if p.get("layers")]
+    if not pairs:
         return "<p>No mechanistic similarity computed.</p>"
-    doms = list(mech)
-    layers = [l["layer"] for l in next(iter(mech.values()))["layers"]]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.6 + 0.45 * len(doms) + 1.5))
-    for ax, key, title in ((axes[0], "cka_linear", "linear CKA with natural"), (axes[1], "neuron_sharing", "neuron sharing (Jaccard)")):
-        def cell(d, L):
-            v = next((l[key] for l in mech[d]["layers"] if l["layer"] == L), None)
-            return np.nan if v is None else v   # 0.0 is a value, not a missing one
+    doms = list(mech["domains"])
+    layers = [l["layer"] for l in pairs[0]["layers"]]
 
-        m = np.array([[cell(d, L) for L in layers] for d in doms], dtype=float)
-        im = ax.imshow(m, vmin=0, vmax=1, cmap="viridis", aspect="auto")
-        ax.set_yticks(range(len(doms)), doms)
-        ax.set_xticks(range(len(layers)), [str(L).replace("visual.", "") for L in layers], rotation=60, fontsize=7)
-        for i in range(len(doms)):
-            for j in range(len(layers)):
-                if np.isfinite(m[i, j]):
-                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6, color="w")
-        ax.set_title(title)
-        fig.colorbar(im, ax=ax, fraction=0.03)
+    def mean_of(pair, key):
+        vals = [l[key] for l in pair["layers"] if l.get(key) is not None]
+        return float(np.mean(vals)) if vals else np.nan
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 0.9 + 0.45 * max(len(doms), len(pairs)) + 1.2))
+    for ax, key, title in ((axes[0], "cka_linear", "linear CKA (mean over layers)"),
+                           (axes[1], "neuron_sharing", "neuron sharing (Jaccard, mean over layers)")):
+        m = np.eye(len(doms))
+        for p in pairs:
+            i, j = doms.index(p["domains"][0]), doms.index(p["domains"][1])
+            m[i, j] = m[j, i] = mean_of(p, key)
+        _heatmap(ax, m, doms, doms, title)
+    def at(pair, layer):
+        v = next((l["cka_linear"] for l in pair["layers"] if l["layer"] == layer), None)
+        return np.nan if v is None else v   # 0.0 is a value, not a missing one
+
+    per_layer = np.array([[at(p, L) for L in layers] for p in pairs], dtype=float)
+    _heatmap(axes[2], per_layer, [" vs ".join(p["domains"]) for p in pairs],
+             [str(L).replace("visual.", "") for L in layers], "linear CKA per layer")
+    fig.tight_layout()
     return _png(fig)
+
+
+def _heatmap(ax, m: np.ndarray, rows: list[str], cols: list[str], title: str) -> None:
+    ax.imshow(m, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.set_xticks(range(len(cols)), cols, rotation=60, fontsize=7)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            if np.isfinite(m[i, j]):
+                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="w" if m[i, j] < 0.6 else "k")
+    ax.set_title(title, fontsize=9)
 
 
 # ---------------------------------------------------------------------- study 4

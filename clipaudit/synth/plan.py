@@ -148,8 +148,11 @@ class _Builder:
         p, rng = self.p, _rng(self.seed, name)
         n = p.n_test
         if nominal == "natural":
-            n_bad = int(round(p.test_contamination * n)) if mode == "independent" else 0
-            c1, b1 = self.natural_rows(n - n_bad, rng, p_common=None, mode=mode)
+            # the ID test set (mode "correlated") is drawn like the pool's photos and carries the planted
+            # contamination; the group sets (common/counter) are pure
+            n_bad = int(round(p.test_contamination * n)) if mode in ("correlated", "independent") else 0
+            c1, b1 = self.natural_rows(n - n_bad, rng, p_common=p.p_common if mode == "correlated" else None,
+                                       mode=mode)
             c2, d2, b2 = self.rendition_rows(n_bad, rng, list(p.rendition_styles))
             cls = np.concatenate([c1, c2])
             dom = np.concatenate([np.zeros(len(c1), np.int64), d2])
@@ -203,7 +206,9 @@ def make_plan(preset: Preset, seed: int) -> CollectionPlan:
     common[perm] = used[np.arange(K) % n_common]
     held_out = sorted(int(i) for i in rng.choice(K, size=preset.n_held_out, replace=False))
     b = _Builder(preset, seed, common)
-    tests: dict[str, SplitPlan] = {"test_natural": b.test_split("test_natural", "natural", "independent")}
+    # test_natural is the in-distribution test (ImageNet-val's role): its photos sit on their class's common
+    # background as often as the pool's do (p_common); test_common/test_counter isolate the two groups
+    tests: dict[str, SplitPlan] = {"test_natural": b.test_split("test_natural", "natural", "correlated")}
     for s in preset.rendition_styles:
         tests[f"test_{s}"] = b.test_split(f"test_{s}", s, "rendition")
     tests["test_common"] = b.test_split("test_common", "natural", "common")

@@ -18,7 +18,7 @@ def register(subparsers) -> None:
     p.add_argument("--similarity", help="parquet with key + nn_similarity (the indexer's output)")
     p.add_argument("--similarity-column", help="default: nn_similarity, or the indexer's 'sim'")
     p.add_argument("--bins", type=int, default=10, help="similarity bins (equal width)")
-    p.add_argument("--mechanistic", help="two domains, e.g. natural,sketch: CKA + neuron sharing per layer")
+    p.add_argument("--mechanistic", help="two or more domains, e.g. natural,sketch,quickdraw: CKA + neuron sharing per layer, every pair")
     p.add_argument("--subset", action="append", default=[], metavar="NAME=c1,c2,...",
                    help="label subset (candidate classes), repeatable")
     p.add_argument("--one-vs-k", type=int, action="append", default=[], help="1-vs-k accuracy, repeatable")

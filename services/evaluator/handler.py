@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from clipaudit.errors import ClipauditError, InvalidInput, NotFound
 from clipaudit.store import Store, open_store
@@ -33,10 +33,19 @@ ProgressFn = Callable[[str, int, int, str], None]
 
 
 class MechanisticSpec(BaseModel):
+    """Domains to compare: every pair of them (two domains: one pair; study 3 lists five)."""
+
     model_config = ConfigDict(extra="forbid")
-    domains: list[str] = Field(min_length=2, max_length=2)
+    domains: list[str] = Field(min_length=2)
     column: str = "domain"
     top_fraction: float = Field(0.1, gt=0, le=1)
+
+    @field_validator("domains")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"domains must be distinct, got {v}")
+        return v
 
 
 class EvaluationSpec(BaseModel):
@@ -307,9 +316,9 @@ class Evaluator:
 
     @staticmethod
     def _mechanistic(pooled, mech: MechanisticSpec) -> dict:
-        """CKA and neuron sharing between two domains over all test sets evaluated:
-        rows are the classes both domains have (by name), in sorted order."""
-        a_dom, b_dom = mech.domains
+        """CKA and neuron sharing between every pair of ``mech.domains`` over all test sets
+        evaluated (the images are encoded once): per pair, rows are the classes both
+        domains have (by name), in sorted order."""
         col = mech.column
         metas, names, acts = [], [], {}
         for _, m, labels, _, activations, classnames in pooled:
@@ -321,30 +330,12 @@ class Evaluator:
                 acts.setdefault(layer, []).append(a)
         dom = np.concatenate(metas)
         cls = np.concatenate(names)
-        shared = sorted(set(cls[dom == a_dom]) & set(cls[dom == b_dom]))
-        result = {"column": col, "domains": [a_dom, b_dom], "classes": shared,
-                  "n": {a_dom: int((dom == a_dom).sum()), b_dom: int((dom == b_dom).sum())},
-                  "neuron_sharing_rule": f"top {mech.top_fraction:.0%} units by mean activation per domain, Jaccard",
-                  "layers": []}
-        if len(shared) < 4:
-            result["undefined"] = (f"needs at least 4 classes present in both domains (unbiased HSIC), "
-                                   f"found {len(shared)}")
-            return result
-        ids = {c: i for i, c in enumerate(shared)}
-        ma, mb = (dom == a_dom) & np.isin(cls, shared), (dom == b_dom) & np.isin(cls, shared)
-        la = np.array([ids[c] for c in cls[ma]])
-        lb = np.array([ids[c] for c in cls[mb]])
-        for layer, parts in acts.items():
-            a = np.concatenate(parts)
-            xa = logic.class_means(a[ma], la, range(len(shared)))
-            xb = logic.class_means(a[mb], lb, range(len(shared)))
-            result["layers"].append({
-                "layer": layer, "units": int(a.shape[1]),
-                "cka_linear": _finite(logic.cka(xa, xb, kernel="linear")),
-                "cka_rbf": _finite(logic.cka(xa, xb, kernel="rbf")),
-                "neuron_sharing": _finite(logic.neuron_sharing(a[ma].mean(0), a[mb].mean(0), mech.top_fraction)),
-            })
-        return result
+        acts = {layer: np.concatenate(parts) for layer, parts in acts.items()}
+        pairs = [_mechanistic_pair(dom, cls, acts, a, b, mech.top_fraction)
+                 for i, a in enumerate(mech.domains) for b in mech.domains[i + 1:]]
+        return {"column": col, "domains": list(mech.domains),
+                "neuron_sharing_rule": f"top {mech.top_fraction:.0%} units by mean activation per domain, Jaccard",
+                "pairs": pairs}
 
     @staticmethod
     def _write_predictions(out: Store, pooled) -> None:
@@ -429,6 +420,31 @@ class Evaluator:
         if self.out_store is None:
             raise InvalidInput("evaluation names no 'out' and the service has no report store")
         return self.out_store.uri(f"{self.reports_prefix}/{job_id}/step-{step}/{name}")
+
+
+def _mechanistic_pair(dom: np.ndarray, cls: np.ndarray, acts: dict[str, np.ndarray], a_dom: str, b_dom: str,
+                      top_fraction: float) -> dict:
+    """One pair of domains: CKA of class-mean activations and neuron sharing, per layer."""
+    shared = sorted(set(cls[dom == a_dom]) & set(cls[dom == b_dom]))
+    result = {"domains": [a_dom, b_dom], "classes": shared,
+              "n": {a_dom: int((dom == a_dom).sum()), b_dom: int((dom == b_dom).sum())}, "layers": []}
+    if len(shared) < 4:
+        result["undefined"] = f"needs at least 4 classes present in both domains (unbiased HSIC), found {len(shared)}"
+        return result
+    ids = {c: i for i, c in enumerate(shared)}
+    ma, mb = (dom == a_dom) & np.isin(cls, shared), (dom == b_dom) & np.isin(cls, shared)
+    la = np.array([ids[c] for c in cls[ma]])
+    lb = np.array([ids[c] for c in cls[mb]])
+    for layer, a in acts.items():
+        xa = logic.class_means(a[ma], la, range(len(shared)))
+        xb = logic.class_means(a[mb], lb, range(len(shared)))
+        result["layers"].append({
+            "layer": layer, "units": int(a.shape[1]),
+            "cka_linear": _finite(logic.cka(xa, xb, kernel="linear")),
+            "cka_rbf": _finite(logic.cka(xa, xb, kernel="rbf")),
+            "neuron_sharing": _finite(logic.neuron_sharing(a[ma].mean(0), a[mb].mean(0), top_fraction)),
+        })
+    return result
 
 
 def _finite(x: float) -> float | None:

@@ -121,8 +121,9 @@ def plot_groups(groups: dict) -> str:
     return _png(fig)
 
 
-def plot_mechanistic(mech: dict) -> str | None:
-    layers = mech.get("layers") or []
+def plot_mechanistic(pair: dict) -> str | None:
+    """One pair of domains: CKA (linear, RBF) and neuron sharing per layer."""
+    layers = pair.get("layers") or []
     if not layers:
         return None
     cols = ["cka_linear", "cka_rbf", "neuron_sharing"]
@@ -136,7 +137,7 @@ def plot_mechanistic(mech: dict) -> str | None:
             ax.text(j, i, "n/a" if np.isnan(m[i, j]) else f"{m[i, j]:.2f}", ha="center", va="center",
                     color="w" if np.nan_to_num(m[i, j]) < 0.6 else "k", fontsize=8)
     fig.colorbar(im, ax=ax)
-    ax.set_title(f"{mech['domains'][0]} vs {mech['domains'][1]} per layer")
+    ax.set_title(f"{pair['domains'][0]} vs {pair['domains'][1]} per layer")
     return _png(fig)
 
 
@@ -181,16 +182,16 @@ def render_report_html(report: dict) -> str:
         if img:
             parts.append(img)
     mech = report.get("mechanistic")
-    if mech:
-        parts.append(f"<h2>Mechanistic similarity: {html.escape(mech['domains'][0])} vs "
-                     f"{html.escape(mech['domains'][1])}</h2><p class='meta'>{len(mech['classes'])} shared classes; "
+    for pair in (mech or {}).get("pairs", []):
+        parts.append(f"<h2>Mechanistic similarity: {html.escape(pair['domains'][0])} vs "
+                     f"{html.escape(pair['domains'][1])}</h2><p class='meta'>{len(pair['classes'])} shared classes; "
                      f"neuron sharing: {html.escape(mech['neuron_sharing_rule'])}"
-                     f"{'; ' + html.escape(mech['undefined']) if mech.get('undefined') else ''}</p>")
-        if mech["layers"]:
+                     f"{'; ' + html.escape(pair['undefined']) if pair.get('undefined') else ''}</p>")
+        if pair["layers"]:
             parts.append(_table(["layer", "units", "CKA linear", "CKA RBF", "neuron sharing"],
                                 [[l["layer"], l["units"], _f(l["cka_linear"]), _f(l["cka_rbf"]), _f(l["neuron_sharing"])]
-                                 for l in mech["layers"]]))
-            parts.append(plot_mechanistic(mech))
+                                 for l in pair["layers"]]))
+            parts.append(plot_mechanistic(pair))
     return _page(f"Evaluation report: {m['label']}", "\n".join(parts))
 
 

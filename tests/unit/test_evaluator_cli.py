@@ -49,7 +49,7 @@ def supervised_ckpt(tmp_path_factory, collection):
 
 def test_evaluate_clip_checkpoint_with_mechanistic_similarity(collection, clip_ckpt, tmp_path, capsys):
     tests = ",".join(str(collection / s) for s in ("test_natural", "test_sketch", "test_common", "test_counter"))
-    rc = main(["evaluate", "--checkpoint", str(clip_ckpt), "--test", tests, "--mechanistic", "natural,sketch",
+    rc = main(["evaluate", "--checkpoint", str(clip_ckpt), "--test", tests, "--mechanistic", "natural,sketch,painting",
                "--subset", "held=circle,square,triangle", "--one-vs-k", "5", "--templates", "a photo of a {c}.",
                "--out", str(tmp_path / "rep"), "--quiet"])
     assert rc == 0
@@ -68,10 +68,15 @@ def test_evaluate_clip_checkpoint_with_mechanistic_similarity(collection, clip_c
     assert g["common"]["n"] + g["counter"]["n"] == sum(
         v["n"] for s in rep["test_sets"] for k, v in s["breakdowns"]["group"].items() if k in ("common", "counter"))
     mech = rep["mechanistic"]
-    assert [l["layer"] for l in mech["layers"]] == ["stages0", "stages1", "stages2", "stages3"]
-    for l in mech["layers"]:
+    assert [p["domains"] for p in mech["pairs"]] == [["natural", "sketch"], ["natural", "painting"],
+                                                      ["sketch", "painting"]]
+    pair = mech["pairs"][0]
+    assert [l["layer"] for l in pair["layers"]] == ["stages0", "stages1", "stages2", "stages3"]
+    for l in pair["layers"]:
         assert -1.0 <= l["cka_linear"] <= 1.0 + 1e-9 and 0.0 <= l["neuron_sharing"] <= 1.0
-    assert len(mech["classes"]) >= 4
+    assert len(pair["classes"]) >= 4
+    # painting appears only as test_natural's planted contamination (2 images): too few classes, said so
+    assert mech["pairs"][2]["layers"] == [] and "at least 4 classes" in mech["pairs"][2]["undefined"]
 
 
 def test_supervised_classifier_matches_a_direct_forward_pass(collection, supervised_ckpt, tmp_path, capsys):

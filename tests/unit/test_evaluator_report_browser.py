@@ -39,8 +39,9 @@ def _report() -> dict:
             "spec": {}, "test_sets": sets,
             "groups": {"common": {"n": 30, "top1": 0.8}, "counter": {"n": 25, "top1": 0.5}, "drop_points": 30.0},
             "similarity_bins": bins,
-            "mechanistic": {"column": "domain", "domains": ["natural", "sketch"], "classes": list("abcde"),
-                            "n": {"natural": 40, "sketch": 40}, "neuron_sharing_rule": "top 10%", "layers": layers}}
+            "mechanistic": {"column": "domain", "domains": ["natural", "sketch"], "neuron_sharing_rule": "top 10%",
+                            "pairs": [{"domains": ["natural", "sketch"], "classes": list("abcde"),
+                                       "n": {"natural": 40, "sketch": 40}, "layers": layers}]}}
 
 
 def _screenshot(html_path, tmp_path) -> np.ndarray:
@@ -62,6 +63,7 @@ def _screenshot(html_path, tmp_path) -> np.ndarray:
 def test_report_renders_in_chromium(tmp_path):
     page = tmp_path / "report.html"
     page.write_text(render_report_html(_report()))
+    assert "Mechanistic similarity: natural vs sketch" in page.read_text()   # one section per domain pair
     img = _screenshot(page, tmp_path)
     assert img.shape[1] == 1280
     assert img.var() > 200, "screenshot is blank"

@@ -176,7 +176,8 @@ def test_all_four_studies_end_to_end_tiny(tmp_path):
     s3 = data["studies"]["dg_cg"]
     sizes = {sum(m["counts"].values()) for m in s3["mixtures"].values()}
     assert len(sizes) == 1, "the four DG/CG mixtures must have equal size"
-    assert s3["mechanistic"] and all(m and m["layers"] for m in s3["mechanistic"].values())
+    mech = s3["mechanistic"]
+    assert len(mech["pairs"]) == 10 and all(p["layers"] for p in mech["pairs"])   # every pair of 5 domains
     s4 = data["studies"]["backgrounds"]
     assert {r["family"] for r in s4["rows"]} == {"CLIP", "supervised"}
     # lineage of subsets: rule, parameters, sizes, hashes
