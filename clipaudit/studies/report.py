@@ -343,6 +343,12 @@ def _fmt(x, d=3):
     return "n/a" if x is None else f"{x:.{d}f}"
 
 
+def _per_domain(by_domain: dict | None) -> str:
+    if not by_domain:
+        return "n/a (no domain labels)"
+    return ", ".join(f"{d} {r} ({r / n:.0%})" for d, (r, n) in by_domain.items() if n)
+
+
 def _section(title: str, body: list[str]) -> str:
     return f"<h2>{_e(title)}</h2>" + "".join(body)
 
@@ -362,8 +368,10 @@ def render_html(report: dict) -> str:
         s1 = s["similarity"]
         parts.append(_section("Study 1 — train–test similarity", [
             plot_similarity_histograms(s1), plot_accuracy_vs_similarity(s1), plot_pruning(s1),
-            "<h3>Similarity-matched pruning</h3><table><tr><th>subset</th><th>kept</th><th>removed</th></tr>" +
-            "".join(f"<tr><td>{_e(m['name'])}</td><td>{m['kept']}</td><td>{m['removed']}</td></tr>"
+            "<h3>Similarity-matched pruning</h3><table><tr><th>subset</th><th>kept</th><th>removed</th>"
+            "<th>removed per domain (share of the domain in the pool)</th></tr>" +
+            "".join(f"<tr><td>{_e(m['name'])}</td><td>{m['kept']}</td><td>{m['removed']}</td>"
+                    f"<td>{_e(_per_domain(m.get('removed_by_domain')))}</td></tr>"
                     for m in s1["matched"]["subsets"]) + "</table>",
             "<h3>Nearest-neighbour gallery</h3><p class='muted'>Test images with the lowest and highest "
             "sim(t, Train), each beside its top-5 training neighbours (similarity, caption).</p>", gallery_html(s1)]))

@@ -104,7 +104,8 @@ def run(ctx: StudyContext, base: dict) -> dict:
         for uri in uris:
             lin = ctx.lineage(uri)
             matched.append({"manifest": uri, "name": uri.rsplit("/", 1)[-1].removesuffix(".parquet"),
-                            "kept": lin["count"], "removed": n_pool - lin["count"]})
+                            "kept": lin["count"], "removed": n_pool - lin["count"],
+                            "removed_by_domain": _removed_by_domain(train_meta, read_parquet(uri)["key"])})
 
     # 6. retrain on every subset, evaluate on every test set
     ood_pred = {}
@@ -169,7 +170,8 @@ def run(ctx: StudyContext, base: dict) -> dict:
             f"full minus matched-combined OOD accuracy: {_fmt(dr['diff_points'], 1)} points "
             f"(95% CI {_fmt(dr['ci'][0], 1)}..{_fmt(dr['ci'][1], 1)}); the matched model keeps "
             f"{_fmt(None if kept_share is None else kept_share * 100, 0)}% of the full model's OOD accuracy; "
-            f"{combined['removed']} of {n_pool} training images removed"))
+            f"{combined['removed']} of {n_pool} training images removed"
+            + _removed_detail(combined.get("removed_by_domain"))))
 
     gallery = _gallery(ctx, sim_tables, cfg.gallery)
     return {
@@ -184,6 +186,21 @@ def run(ctx: StudyContext, base: dict) -> dict:
         "gallery": gallery,
         "findings": findings,
     }
+
+
+def _removed_by_domain(pool: pd.DataFrame, kept_keys) -> dict | None:
+    """{domain: [removed, in pool]} when the pool's metadata labels domains (the synthetic
+    collection does; LAION shards do not, then None)."""
+    if "domain" not in pool.columns or pool["domain"].isna().any():
+        return None
+    removed = pool.loc[~pool["key"].isin(set(kept_keys)), "domain"].value_counts()
+    return {str(dom): [int(removed.get(dom, 0)), int(n)] for dom, n in pool["domain"].value_counts().items()}
+
+
+def _removed_detail(by_domain: dict | None) -> str:
+    if not by_domain:
+        return ""
+    return "; share of each domain removed: " + ", ".join(f"{dom} {r / n:.0%}" for dom, (r, n) in by_domain.items() if n)
 
 
 def _accs(pred: pd.DataFrame, d) -> dict:

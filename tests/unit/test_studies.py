@@ -12,14 +12,9 @@ import pytest
 from clipaudit.errors import InvalidInput, NotFound
 from clipaudit.studies.config import load_config
 from clipaudit.studies.context import paired_difference, proportion
+from clipaudit.studies.demo import PRESET_OVERRIDES
 
-TINY = {
-    "data.synth.preset": "tiny",
-    "training.samples": 384, "training.batch_size": 32, "training.warmup_steps": 2,
-    "training.supervised_samples": 384, "training.device": "cpu",
-    "similarity.keep_fractions": [0.8, 0.6, 0.4], "similarity.gallery": 2,
-    "domains.add_renditions": [0, 8, 16, 32], "similarity_model.samples": 512,
-}
+TINY = {"data.synth.preset": "tiny", "training.device": "cpu", **PRESET_OVERRIDES["tiny"]}
 
 
 def test_builtin_configs_validate():
@@ -164,6 +159,9 @@ def test_all_four_studies_end_to_end_tiny(tmp_path):
     assert {r["rule"] for r in s1["pruning_sweep"]} >= {"near", "far", "random"}
     assert len({r["keep_fraction"] for r in s1["pruning_sweep"]}) == 3
     assert any(m["name"] == "combined" for m in s1["matched"]["subsets"])
+    for m in s1["matched"]["subsets"]:   # what matched pruning took, per domain, adds up to what it removed
+        assert sum(r for r, _ in m["removed_by_domain"].values()) == m["removed"]
+        assert sum(n for _, n in m["removed_by_domain"].values()) == m["kept"] + m["removed"]
     # the similarity model is its own, longer run (config similarity_model), not the full model
     assert s1["similarity_model"] != data["models"]["full"]["checkpoint"] and s1["similarity_model_samples"] == 512
     assert s1["similarity_model"] == data["models"]["similarity-model"]["checkpoint"]
@@ -202,3 +200,23 @@ def test_all_four_studies_end_to_end_tiny(tmp_path):
     again = run_study(cfg, tmp_path / "run")
     assert again["findings"] == report["findings"]
     assert all(s["cached"] for s in again["timings"]["steps"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_demo_command_tiny_preset_two_seeds(tmp_path, capsys):
+    """`clipaudit demo --preset tiny` runs the smoke-test budget, and --seeds writes the summary."""
+    from clipaudit.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--preset", "tiny", "--seeds", "2", "--study", "backgrounds", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "smoke-test budget (384 training samples per run)" in printed
+    for seed in (0, 1):
+        rep = json.loads((out / f"seed-{seed}" / "report.json").read_text())
+        assert rep["seed"] == seed and rep["config"]["training"]["samples"] == 384
+        assert rep["collection"]["preset"] == "tiny" and list(rep["studies"]) == ["backgrounds"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and summary["findings"]
+    assert all(f["seeds"] == 2 for f in summary["findings"])
+    assert (out / "summary.html").read_text().count('href="seed-') >= 2
