@@ -45,7 +45,10 @@ def prepare_collection(cfg: StudyConfig, ws: Workspace, out: str) -> str:
         r = generate(cfg.data.synth.preset, loc, seed=cfg.data.synth.seed, progress=False)
         return {"location": str(r.location), "images": r.total, "seconds": r.seconds}
 
-    ws.step("synth", gen, inputs=cfg.data.synth.model_dump())
+    from clipaudit.synth.generate import GENERATOR_VERSION
+
+    # the generator's version is an input: a changed generator regenerates a resumed run's collection
+    ws.step("synth", gen, inputs={**cfg.data.synth.model_dump(), "generator": GENERATOR_VERSION})
     return loc
 
 

@@ -3,8 +3,8 @@
 Small RGB images of K shape classes in a natural "photo" style and rendition
 styles (sketch, clipart, painting, quickdraw), on backgrounds correlated with the
 class; splits for training (with planted near-duplicates of test images), a
-natural reference set and test sets (with planted domain contamination, common
-vs counter backgrounds). See :func:`generate`, :class:`Collection`,
+reference set (ImageNet-train's role) and test sets (with planted domain
+contamination, common vs counter backgrounds). See :func:`generate`, :class:`Collection`,
 :func:`summarize`, :func:`contact_sheet`. Tested in ``tests/unit/test_synth.py``.
 """
 

@@ -40,7 +40,7 @@ class SplitInfo(BaseModel):
     backgrounds: dict[str, int]  # background (or "none") -> images
     classes: dict[str, int]
     near_duplicates: int  # train: images planted as near-duplicates of test images
-    contaminated: int  # test: images whose domain group differs from the nominal domain's
+    contaminated: int  # test/reference: images whose domain group differs from the nominal domain's
     shards: list[ShardInfo]
 
     @property

@@ -34,7 +34,9 @@ from clipaudit.synth.plan import GROUPS, CollectionPlan, SplitPlan, make_plan
 from clipaudit.synth.presets import Preset, resolve_preset
 from clipaudit.synth.render import NO_BACKGROUND, render
 
-GENERATOR_VERSION = "clipaudit.synth/1"
+# bump when the same preset and seed would give other images or splits (2: test_natural drawn like the
+# pool, the reference carries the ID test set's rendition share)
+GENERATOR_VERSION = "clipaudit.synth/2"
 CHUNK = 256
 SAMPLE_FIELDS = ["key", "class", "class_id", "domain", "domain_group", "background", "group", "split",
                  "near_duplicate_of", "seed"]
@@ -152,7 +154,7 @@ def _split_info(preset: Preset, sp: SplitPlan, shards) -> SplitInfo:
     nominal_group = None if sp.nominal_domain is None else ("natural" if sp.nominal_domain == "natural" else "rendition")
     n_nat = int(dom_counts.get("natural", 0))
     contaminated = 0
-    if nominal_group == "natural" and sp.kind == "test":
+    if nominal_group == "natural" and sp.kind in ("test", "reference"):
         contaminated = len(sp) - n_nat
     elif nominal_group == "rendition":
         contaminated = n_nat

@@ -167,9 +167,16 @@ class _Builder:
         return self.finish(name, "test", nominal, cls, dom, bg, rng)
 
     def reference(self) -> SplitPlan:
-        rng = _rng(self.seed, "reference")
-        cls, bg = self.natural_rows(self.p.n_reference, rng, p_common=self.p.p_common)
-        return self.finish("reference", "reference", "natural", cls, np.zeros(len(cls), np.int64), bg, rng)
+        """ImageNet-train's role. The ID test set (ImageNet-val's role) is drawn from the same
+        distribution, so both carry the same share of renditions (``test_contamination``): with a
+        perfectly clean reference, the ID set's few renditions got thresholds sim(t, R) from photos
+        only and similarity matching removed every rendition of the pool."""
+        p, rng = self.p, _rng(self.seed, "reference")
+        n_bad = int(round(p.test_contamination * p.n_reference))
+        c1, b1 = self.natural_rows(p.n_reference - n_bad, rng, p_common=p.p_common)
+        c2, d2, b2 = self.rendition_rows(n_bad, rng, list(p.rendition_styles))
+        return self.finish("reference", "reference", "natural", np.concatenate([c1, c2]),
+                           np.concatenate([np.zeros(len(c1), np.int64), d2]), np.concatenate([b1, b2]), rng)
 
     def train(self, tests: dict[str, SplitPlan]) -> SplitPlan:
         p, rng = self.p, _rng(self.seed, "train")

@@ -22,7 +22,8 @@ class Preset(BaseModel):
     backgrounds: list[str] = Field(default_factory=lambda: list(NATURAL_BACKGROUNDS), min_length=2)
     rendition_styles: list[str] = Field(default_factory=lambda: list(RENDITION_STYLES), min_length=1)
     n_train: int = Field(ge=1, description="training pool size, planted near-duplicates included")
-    n_reference: int = Field(ge=1, description="natural-only reference set (ImageNet-train's role)")
+    n_reference: int = Field(ge=1, description="reference set (ImageNet-train's role): natural photos drawn like "
+                             "the ID test set's, test_contamination of them renditions")
     n_test: int = Field(ge=1, description="images per test set")
     train_rendition_share: float = Field(0.2, ge=0, le=1, description="renditions in the training pool, split evenly over styles")
     p_common: float = Field(0.9, ge=0, le=1, description="natural train/reference photos on their class's common background")
@@ -30,7 +31,8 @@ class Preset(BaseModel):
         2, ge=1, description="classes sharing one common background: 1 makes the background a near-perfect "
         "shortcut (counter accuracy collapses, independent-background accuracy too); 2 leaves the model a "
         "reason to learn shape")
-    test_contamination: float = Field(0.05, ge=0, lt=1, description="share of a test set drawn from the other domain group")
+    test_contamination: float = Field(0.05, ge=0, lt=1, description="share of a test set (and of the reference set) "
+                                      "drawn from the other domain group")
     near_duplicate_rate: float = Field(0.05, ge=0, le=1, description="share of each natural/rendition test set planted in train as near-duplicates")
     n_held_out: int = Field(3, ge=0, description="classes suggested for held-out (compositional) evaluation")
     shard_maxcount: int = Field(1000, ge=1)

@@ -136,8 +136,12 @@ def test_planted_contamination_matches_preset(samples):
         got = Counter(s["json"]["domain"] for s in by_split[f"test_{style}"])
         assert got == {style: preset.n_test - expected, "natural": expected}
         assert coll.splits[f"test_{style}"].contaminated == expected
-    for split in ("test_common", "test_counter", "reference"):
+    for split in ("test_common", "test_counter"):
         assert {s["json"]["domain"] for s in by_split[split]} == {"natural"}
+    # the reference (ImageNet-train's role) carries the ID test set's rendition share: one distribution
+    ref_expected = int(round(preset.test_contamination * preset.n_reference))
+    ref = Counter(s["json"]["domain_group"] for s in by_split["reference"])
+    assert ref["rendition"] == ref_expected == coll.splits["reference"].contaminated > 0
     n_rend = sum(1 for s in by_split["train"] if s["json"]["domain"] != "natural" and not s["json"]["near_duplicate_of"])
     n_reg = sum(1 for s in by_split["train"] if not s["json"]["near_duplicate_of"])
     assert n_rend == round(preset.train_rendition_share * n_reg)
