@@ -139,7 +139,8 @@ def run(ctx: StudyContext, base: dict) -> dict:
     cka = mean_cka_per_domain(mech)
     if cka and "quickdraw" in cka:
         lowest = min(cka, key=cka.get)
-        with_natural = {p["domains"][1]: _mean_cka(p) for p in mech["pairs"] if p["domains"][0] == "natural"}
+        with_natural = {next(d for d in p["domains"] if d != "natural"): _mean_cka(p)
+                        for p in mech["pairs"] if "natural" in p["domains"]}
         findings.append(finding(
             "dg_cg", "quickdraw shows the lowest mechanistic similarity to the other domains",
             lowest == "quickdraw", cka,

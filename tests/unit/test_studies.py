@@ -220,3 +220,20 @@ def test_demo_command_tiny_preset_two_seeds(tmp_path, capsys):
     assert summary["seeds"] == [0, 1] and summary["findings"]
     assert all(f["seeds"] == 2 for f in summary["findings"])
     assert (out / "summary.html").read_text().count('href="seed-') >= 2
+
+
+def test_mean_cka_per_domain_averages_each_domains_pairs():
+    from clipaudit.studies.dg_cg import mean_cka_per_domain
+
+    def pair(a, b, *vals):
+        return {"domains": [a, b], "layers": [{"layer": f"l{i}", "cka_linear": v} for i, v in enumerate(vals)]}
+
+    mech = {"domains": ["natural", "sketch", "quickdraw"],
+            "pairs": [pair("natural", "sketch", 0.6, 0.8), pair("natural", "quickdraw", 0.1, 0.1),
+                      pair("sketch", "quickdraw", 0.2, 0.4)]}
+    got = mean_cka_per_domain(mech)
+    assert got == pytest.approx({"natural": (0.7 + 0.1) / 2, "sketch": (0.7 + 0.3) / 2, "quickdraw": (0.1 + 0.3) / 2})
+    assert min(got, key=got.get) == "quickdraw"
+    # an undefined pair (too few shared classes) would bias its domains' means: no verdict then
+    mech["pairs"][2] = {"domains": ["sketch", "quickdraw"], "layers": [], "undefined": "needs at least 4 classes"}
+    assert mean_cka_per_domain(mech) == {} and mean_cka_per_domain(None) == {}
