@@ -139,7 +139,7 @@ def run(ctx: StudyContext, base: dict) -> dict:
     cka = mean_cka_per_domain(mech)
     if cka and "quickdraw" in cka:
         lowest = min(cka, key=cka.get)
-        with_natural = {next(d for d in p["domains"] if d != "natural"): _mean_cka(p)
+        with_natural = {next(d for d in p["domains"] if d != "natural"): mean_over_layers(p)
                         for p in mech["pairs"] if "natural" in p["domains"]}
         findings.append(finding(
             "dg_cg", "quickdraw shows the lowest mechanistic similarity to the other domains",
@@ -163,11 +163,12 @@ def _test_set_of(domain: str) -> str:
     return f"test_{domain}"
 
 
-def _mean_cka(pair: dict | None) -> float | None:
-    """Mean linear CKA over the layers of one domain pair (None when undefined)."""
+def mean_over_layers(pair: dict | None, key: str = "cka_linear") -> float | None:
+    """Mean of one measure (linear CKA by default) over the layers of one domain pair
+    (None when undefined). The verdict and the report's heatmaps both use it."""
     if not pair or not pair.get("layers"):
         return None
-    vals = [layer["cka_linear"] for layer in pair["layers"] if layer.get("cka_linear") is not None]
+    vals = [layer[key] for layer in pair["layers"] if layer.get(key) is not None]
     return float(np.mean(vals)) if vals else None
 
 
@@ -175,7 +176,7 @@ def mean_cka_per_domain(mech: dict | None) -> dict[str, float]:
     """Each domain's mean over its pairs with the other domains of the pair-wise mean
     linear CKA; {} unless every pair is defined (a missing pair would bias a domain's mean)."""
     pairs = (mech or {}).get("pairs") or []
-    values = {tuple(p["domains"]): _mean_cka(p) for p in pairs}
+    values = {tuple(p["domains"]): mean_over_layers(p) for p in pairs}
     if not values or any(v is None for v in values.values()):
         return {}
     return {d: float(np.mean([v for pair, v in values.items() if d in pair])) for d in mech["domains"]}

@@ -199,6 +199,8 @@ def plot_dg_cg(s3: dict) -> str:
 def plot_cka(s3: dict) -> str:
     """Left: domain x domain mean linear CKA (over layers); middle: the same for neuron
     sharing; right: linear CKA per layer for every pair."""
+    from clipaudit.studies.dg_cg import mean_over_layers
+
     plt = _fig()
     mech = s3.get("mechanistic") or {}
     pairs = [p for p in mech.get("pairs") or [] if p.get("layers")]
@@ -207,17 +209,14 @@ def plot_cka(s3: dict) -> str:
     doms = list(mech["domains"])
     layers = [l["layer"] for l in pairs[0]["layers"]]
 
-    def mean_of(pair, key):
-        vals = [l[key] for l in pair["layers"] if l.get(key) is not None]
-        return float(np.mean(vals)) if vals else np.nan
-
     fig, axes = plt.subplots(1, 3, figsize=(15, 0.9 + 0.45 * max(len(doms), len(pairs)) + 1.2))
     for ax, key, title in ((axes[0], "cka_linear", "linear CKA (mean over layers)"),
                            (axes[1], "neuron_sharing", "neuron sharing (Jaccard, mean over layers)")):
         m = np.eye(len(doms))
         for p in pairs:
             i, j = doms.index(p["domains"][0]), doms.index(p["domains"][1])
-            m[i, j] = m[j, i] = mean_of(p, key)
+            v = mean_over_layers(p, key)
+            m[i, j] = m[j, i] = np.nan if v is None else v
         _heatmap(ax, m, doms, doms, title)
     def at(pair, layer):
         v = next((l["cka_linear"] for l in pair["layers"] if l["layer"] == layer), None)
