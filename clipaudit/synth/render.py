@@ -13,7 +13,8 @@ Domains:
   plain background.
 * ``painting`` the photo scene repainted: blurred colour patches, brush-stroke
   texture, wobbly soft edges, boosted saturation, canvas weave.
-* ``quickdraw`` one-pixel black strokes, jittered and with gaps, on pure white.
+* ``quickdraw`` one-pixel black strokes, jittered and with gaps, on pure white; some
+  classes as a stick figure instead of their outline (``shapes.DOODLES``).
 
 A ``perturb`` seed (non-zero) makes a planted near-duplicate: the same scene with a
 sub-pixel shift, a slight rotation/colour change and fresh pixel noise.
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clipaudit.synth.noise import between, grid_noise, uniform, value_noise
-from clipaudit.synth.shapes import shape_sdf
+from clipaudit.synth.shapes import doodle_distance, shape_sdf
 
 F = np.float32
 
@@ -44,7 +45,7 @@ NO_BACKGROUND = "none"
  CA_BG, CA_BGH, CA_H, CA_S, CA_OW, CA_SH, CA_HI,
  PA_BLOB, PA_BRUSH, PA_ANG, PA_WOB, PA_SAT, PA_OBJ, PA_EDGE,
  QD_WOB, QD_GAP, QD_W, QD_WOB2,
- CL_N, CL_X, CL_Y, CL_R, CL_H, CL_S, CL_V, CAMO) = range(1, 65)
+ CL_N, CL_X, CL_Y, CL_R, CL_H, CL_S, CL_V, CAMO, QD_WOBY, QD_WOBY2) = range(1, 67)
 
 BG_COLOURS = {
     "grass": (0.24, 0.50, 0.16),
@@ -135,7 +136,10 @@ def _shift(img: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------ geometry
 
 
-def geometry(class_names: list[str], cls: np.ndarray, seeds: np.ndarray, perturb: np.ndarray, size: int) -> Geometry:
+def geometry(class_names: list[str], cls: np.ndarray, seeds: np.ndarray, perturb: np.ndarray, size: int,
+             doodle: np.ndarray | None = None) -> Geometry:
+    """Pose every row and measure the pixel distance to its shape: the signed outline
+    distance, or for ``doodle`` rows the unsigned distance to the class's doodle strokes."""
     n = len(seeds)
     S = size
     pix = ((np.arange(S, dtype=np.float32) + F(0.5)) / F(S) * F(2) - F(1))
@@ -162,11 +166,32 @@ def geometry(class_names: list[str], cls: np.ndarray, seeds: np.ndarray, perturb
     u = (_col(c) * dx + _col(s) * dy) / sx
     v = (-_col(s) * dx + _col(c) * dy) / sy
     d = np.empty((n, S, S), dtype=np.float32)
+    doodle = np.zeros(n, dtype=bool) if doodle is None else np.asarray(doodle, dtype=bool)
+    if doodle.any():
+        ud, vd = _hand_warp(seeds[doodle], u[doodle], v[doodle], sx[doodle], sy[doodle], S)
     for k in np.unique(cls):
-        m = cls == k
-        d[m] = shape_sdf(class_names[k], u[m], v[m])
+        m = (cls == k) & ~doodle
+        if m.any():
+            d[m] = shape_sdf(class_names[k], u[m], v[m])
+        m = (cls == k)[doodle]
+        if m.any():
+            d[np.flatnonzero(doodle)[m]] = doodle_distance(class_names[k], ud[m], vd[m])
     d *= _col(r * F(S / 2))
     return Geometry(d=d, u=u, v=v, cx=cx, cy=cy, r=r, X=X, Y=Y, size=S)
+
+
+def _hand_warp(seeds, u, v, sx, sy, S: int):
+    """A doodler's unsteady hand: shape-frame coordinates moved by a smooth random field
+    of up to about 1.8 pixels per axis (a coarse and a fine octave), so strokes wander."""
+    ar = _ar(S)
+    k = S / 32.0
+
+    def field(coarse, fine):   # pixels, then image units (2/S per pixel)
+        a = grid_noise(seeds, coarse, 4, 4, ar * F(4 / S), ar * F(4 / S)) - F(0.5)
+        b = grid_noise(seeds, fine, 7, 7, ar * F(7 / S), ar * F(7 / S)) - F(0.5)
+        return (a * F(2.6) + b * F(1.0)) * F(k * 2 / S)
+
+    return u + field(QD_WOB, QD_WOB2) / sx, v + field(QD_WOBY, QD_WOBY2) / sy
 
 
 # ------------------------------------------------------------------ backgrounds
@@ -432,13 +457,10 @@ def _painting(g, seeds, bgs, perturb):
 def _quickdraw(g, seeds, bgs, perturb):
     S = g.size
     k = S / 32.0
-    xs, ys = _grid(S)
     AR = _ar(S)
-    wob = grid_noise(seeds, QD_WOB, 4, 4, AR * F(4 / S), AR * F(4 / S))
-    wob2 = grid_noise(seeds, QD_WOB2, 7, 7, AR * F(7 / S), AR * F(7 / S))
-    d = g.d + (wob - F(0.5)) * F(2.6 * k) + (wob2 - F(0.5)) * F(1.0 * k)
+    # g.d: unsigned distance to the doodle's strokes, already drawn by an unsteady hand
     w = _col(between(seeds, QD_W, 0.9, 1.25) * F(k))
-    line = (np.abs(d) < w * F(0.5)).astype(np.float32)
+    line = (g.d < w * F(0.5)).astype(np.float32)
     gaps = grid_noise(seeds, QD_GAP, 6, 6, AR * F(6 / S), AR * F(6 / S))
     line *= (gaps > F(0.12)).astype(np.float32)
     img = np.ones((len(seeds), 3, S, S), np.float32) - line[:, None]
@@ -458,7 +480,7 @@ def render(class_names: list[str], cls: np.ndarray, domains: list[str], backgrou
     # near-duplicates move by a fraction of a pixel, except one-pixel doodle strokes,
     # which a sub-pixel move would redraw elsewhere (they only get pixel noise)
     geo_perturb = np.where(doms == "quickdraw", np.uint64(0), perturb)
-    g = geometry(class_names, cls, seeds, geo_perturb, size)
+    g = geometry(class_names, cls, seeds, geo_perturb, size, doodle=doms == "quickdraw")
     out = np.empty((len(seeds), 3, size, size), dtype=np.float32)
     bgs = np.asarray(backgrounds)
     for name, fn in STYLE_FUNCS.items():

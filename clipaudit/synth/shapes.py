@@ -112,9 +112,58 @@ SHAPES: dict[str, SDF] = {
     "pin": lambda u, v: _union(circle(u, v, 0.62, 0, -0.32), polygon(u, v, _PIN)),
 }
 
+def segment(u, v, a, b):
+    """Unsigned distance to the segment from point ``a`` to point ``b``."""
+    (ax, ay), (bx, by) = (F(a[0]), F(a[1])), (F(b[0]), F(b[1]))
+    ex, ey = bx - ax, by - ay
+    wx, wy = u - ax, v - ay
+    t = np.clip((wx * ex + wy * ey) / (ex * ex + ey * ey), 0, 1)
+    return np.sqrt((wx - ex * t) ** 2 + (wy - ey * t) ** 2)
+
+
+def strokes(u, v, *polylines):
+    """Unsigned distance to a set of open polylines (lists of points)."""
+    return _union(*(segment(u, v, p, q) for line in polylines for p, q in zip(line, line[1:])))
+
+
+def arc(u, v, r, centre_angle, span, cx=0.0, cy=0.0):
+    """Unsigned distance to the circular arc of radius ``r`` centred on ``centre_angle``
+    (radians, y down) spanning ``span`` radians."""
+    du, dv = u - F(cx), v - F(cy)
+    rel = np.arctan2(dv, du) - F(centre_angle)
+    rel = np.abs(np.mod(rel + F(math.pi), F(2 * math.pi)) - F(math.pi))
+    on = np.abs(np.sqrt(du * du + dv * dv) - F(r))
+    ends = [(cx + r * math.cos(centre_angle + s * span / 2), cy + r * math.sin(centre_angle + s * span / 2))
+            for s in (-1, 1)]
+    to_end = np.minimum(*(np.sqrt((u - F(x)) ** 2 + (v - F(y)) ** 2) for x, y in ends))
+    return np.where(rel <= F(span / 2), on, to_end)
+
+
+# How a doodler draws a class in a few seconds (the quickdraw domain): for most shapes
+# the outline, as every other domain shows it, but for these an iconic stick figure the
+# other domains never show, as in DomainNet's quickdraw, whose doodles are abstractions
+# rather than drawings of the object: a star as an asterisk, a cross as two strokes, an
+# arrow as a shaft with a chevron, a moon as one arc. Unsigned distances, same frame.
+_STAR_CENTRE = (0.0, 0.08)
+DOODLES: dict[str, SDF] = {
+    "star": lambda u, v: strokes(u, v, *([_STAR_CENTRE, p] for p in _STAR[::2])),
+    "cross": lambda u, v: strokes(u, v, [(0.0, -0.92), (0.0, 0.92)], [(-0.92, 0.0), (0.92, 0.0)]),
+    "arrow": lambda u, v: strokes(u, v, [(-0.95, 0.0), (0.92, 0.0)], [(0.3, -0.62), (0.92, 0.0), (0.3, 0.62)]),
+    "moon": lambda u, v: arc(u, v, 0.8, math.atan2(0.25, -0.45), 4.0),
+}
+
+
 DEFAULT_CLASSES = ["circle", "square", "triangle", "star", "cross", "ring", "arrow", "heart", "diamond", "moon"]
 ALL_CLASSES = list(SHAPES)
 
 
 def shape_sdf(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return SHAPES[name](u, v).astype(np.float32, copy=False)
+
+
+def doodle_distance(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Distance to the strokes a doodler draws for ``name``: its stick figure where it has
+    one, else its outline (the absolute SDF)."""
+    fn = DOODLES.get(name)
+    d = fn(u, v) if fn else np.abs(SHAPES[name](u, v))
+    return d.astype(np.float32, copy=False)

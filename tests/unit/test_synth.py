@@ -27,7 +27,8 @@ from clipaudit.synth import (
     summarize,
 )
 from clipaudit.synth.noise import sample_seeds
-from clipaudit.synth.render import render
+from clipaudit.synth.render import geometry, render
+from clipaudit.synth.shapes import DOODLES, doodle_distance, shape_sdf
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -123,6 +124,45 @@ def test_render_depends_only_on_the_row():
     full = render(classes, cls, doms, bgs, seeds, np.zeros(n, np.uint64), 32)
     part = render(classes, cls[3:8], doms[3:8], bgs[3:8], seeds[3:8], np.zeros(5, np.uint64), 32)
     np.testing.assert_array_equal(full[3:8], part)
+
+
+def test_quickdraw_draws_stick_figures_for_some_classes_and_outlines_for_the_rest():
+    u, v = np.meshgrid(np.linspace(-1, 1, 81, dtype=np.float32), np.linspace(-1, 1, 81, dtype=np.float32))
+    # a doodled cross is two strokes through the centre, not the outline of a thick plus
+    assert doodle_distance("cross", np.float32([0.0]), np.float32([0.0]))[0] == pytest.approx(0.0)
+    assert doodle_distance("cross", np.float32([0.27]), np.float32([0.6]))[0] == pytest.approx(0.27, abs=1e-5)
+    # the star's spokes meet at its centre; an arrow is a shaft through the middle
+    assert doodle_distance("star", np.float32([0.0]), np.float32([0.08]))[0] == pytest.approx(0.0, abs=1e-6)
+    assert doodle_distance("arrow", np.float32([-0.5]), np.float32([0.0]))[0] == pytest.approx(0.0)
+    # a moon is one arc of radius 0.8: zero on it, and its opening is far from any stroke
+    on = doodle_distance("moon", np.float32([-0.8]), np.float32([0.0]))[0]
+    opening = doodle_distance("moon", np.float32([0.8 * 0.87]), np.float32([-0.8 * 0.48]))[0]
+    assert on == pytest.approx(0.0, abs=1e-5) and opening > 0.3
+    # classes without a stick figure keep their outline (unsigned)
+    np.testing.assert_allclose(doodle_distance("heart", u, v), np.abs(shape_sdf("heart", u, v)), atol=1e-6)
+    assert set(DOODLES) < set(PRESETS["small"].classes)
+
+
+def test_quickdraw_images_are_strokes_on_white_and_differ_from_the_outline():
+    classes = PRESETS["small"].classes
+    n = 40
+    seeds = sample_seeds(5, "q", np.arange(n))
+    cls = np.arange(n) % len(classes)
+    img = render(classes, cls, ["quickdraw"] * n, ["none"] * n, seeds, np.zeros(n, np.uint64), 32).astype(int)
+    dark = img.max(axis=3) < 128
+    assert ((dark | (img.min(axis=3) > 200)).mean()) == 1.0            # black ink on white, nothing else
+    assert 0.02 < dark.mean() < 0.2
+    # at the object's centre pixel a doodled cross has a stroke (within the hand's wobble),
+    # an outlined square is far from any stroke; other domains keep the signed outline
+    g = geometry(classes, cls, seeds, np.zeros(n, np.uint64), 32, doodle=np.ones(n, bool))
+    signed = geometry(classes, cls, seeds, np.zeros(n, np.uint64), 32)
+    px = np.clip(np.round((g.cx + 1) / 2 * 32 - 0.5).astype(int), 0, 31)
+    py = np.clip(np.round((g.cy + 1) / 2 * 32 - 0.5).astype(int), 0, 31)
+    at_centre = g.d[np.arange(n), py, px]
+    crosses, squares = cls == classes.index("cross"), cls == classes.index("square")
+    assert (at_centre[crosses] < 2.5).all() and (at_centre[squares] > 3.0).all()
+    assert (signed.d[np.arange(n), py, px][crosses | squares] < 0).all()     # inside the filled shape
+    assert (g.d >= 0).all()
 
 
 def test_planted_contamination_matches_preset(samples):
