@@ -36,7 +36,8 @@ from clipaudit.synth.render import NO_BACKGROUND, render
 
 # bump when the same preset and seed would give other images or splits (2: test_natural drawn like the
 # pool, the reference carries the ID test set's rendition share; 3: quickdraw doodles some classes as
-# stick figures, and its strokes wander by warping, not by offsetting the outline)
+# stick figures, and its strokes wander by warping, not by offsetting the outline; a painting's background
+# follows its class as a photo's does)
 GENERATOR_VERSION = "clipaudit.synth/3"
 CHUNK = 256
 SAMPLE_FIELDS = ["key", "class", "class_id", "domain", "domain_group", "background", "group", "split",

@@ -116,7 +116,12 @@ class _Builder:
             if n else np.zeros(0, np.int64)
         cls = _balanced(n, self.K, rng)
         painting = self.p.domains.index("painting") if "painting" in self.p.domains else -99
-        bg = np.where(doms == painting, rng.integers(0, self.B, size=n), NONE_BG)
+        # a painting repaints a photo scene, background included, so it sits on its class's common
+        # background as often as a photo does (DomainNet's paintings of whales show the sea);
+        # sketches, clipart and doodles have none
+        common = rng.random(n) < self.p.p_common
+        scene = np.where(common, self.common[cls], self.counter_backgrounds(cls, rng))
+        bg = np.where(doms == painting, scene, NONE_BG)
         return cls, doms, bg
 
     def groups(self, cls, dom, bg) -> np.ndarray:

@@ -244,6 +244,12 @@ def test_backgrounds_follow_the_class_mapping(samples):
     for flags in per_class.values():
         assert sum(flags) == round(preset.p_common * len(flags))
 
+    # a painting repaints a photo scene: on its class's common background about as often as a photo
+    paintings = [s["json"] for split in ("train", "test_painting") for s in by_split[split]
+                 if s["json"]["domain"] == "painting"]
+    share = np.mean([m["background"] == common[m["class"]] for m in paintings])
+    assert len(paintings) >= 40 and abs(share - preset.p_common) < 0.12
+
 
 def test_summary_and_contact_sheet(tiny, tmp_path):
     out, report = tiny
