@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from clipaudit.errors import InvalidInput, NotFound
 
@@ -99,6 +99,18 @@ class DgCgStudy(_Strict):
     test_domain: str = "sketch"
     held_out_classes: list[str] | None = Field(None, description="default: the collection's held_out_classes")
     mechanistic_domains: list[str] = Field(default_factory=lambda: ["natural", "sketch", "clipart", "painting", "quickdraw"])
+    training_seeds: list[int] | None = Field(
+        None, min_length=1,
+        description="train the five mixtures once per seed and decide each DG/CG verdict on the mean effect with a "
+                    "t-interval over seeds (a single run's interval covers its test images, not the run-to-run "
+                    "spread, which on the demo's budget is as large as the effects); default: the study's seed")
+
+    @field_validator("training_seeds")
+    @classmethod
+    def _distinct_seeds(cls, v):
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"training_seeds must be distinct, got {v}")
+        return v
 
 
 class BackgroundsStudy(_Strict):

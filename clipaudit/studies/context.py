@@ -282,6 +282,40 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, mask_a=None, mask_b=None
                                                           float(np.percentile(boots, 97.5))], "n": n}
 
 
+# two-sided 95% Student t quantiles by degrees of freedom (numpy has none; scipy is not a dependency)
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def t_interval(values) -> tuple[float | None, list]:
+    """Mean and 95% t-interval of a few independent replicates (seeds); the interval is
+    [None, None] below two values."""
+    vals = [float(v) for v in values]
+    if not vals:
+        return None, [None, None]
+    mean = float(np.mean(vals))
+    if len(vals) < 2:
+        return mean, [None, None]
+    df = len(vals) - 1
+    t = 1.96 if df > 30 else _T95[max(k for k in _T95 if k <= df)]   # the next smaller tabled df: conservative
+    half = t * float(np.std(vals, ddof=1)) / np.sqrt(len(vals))
+    return mean, [float(mean - half), float(mean + half)]
+
+
+def over_replicates(diffs: list[dict]) -> dict:
+    """One effect measured by several training replicates (each a :func:`paired_difference`
+    on the same test images): the mean effect with a t-interval over replicates, which
+    carries the run-to-run spread a single run's bootstrap interval over images cannot.
+    One replicate is returned as it is."""
+    if len(diffs) == 1:
+        return {**diffs[0], "replicates": [diffs[0]["diff_points"]]}
+    vals = [d["diff_points"] for d in diffs]
+    if any(v is None for v in vals):
+        return {"diff_points": None, "ci": [None, None], "n": 0, "replicates": vals}
+    mean, ci = t_interval(vals)
+    return {"diff_points": mean, "ci": ci, "n": diffs[0]["n"], "replicates": vals}
+
+
 def direction(ci) -> bool | None:
     """The verdict of an effect measured with a 95% interval: True when the interval lies
     above zero (the paper's direction), False when it lies below (the opposite), None

@@ -10,8 +10,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 
 # Config overrides per collection preset. The demo config is budgeted for ``small`` (about 15
 # minutes on 2 cores); ``tiny`` (a few hundred images) gets a smoke-test budget to match, so
@@ -74,6 +72,8 @@ def summarise_seeds(reports: list[dict]) -> dict:
 
 
 def _summarise(reports: list[dict]) -> dict:
+    from clipaudit.studies.context import t_interval
+
     by_claim: dict[tuple, list] = {}   # (study, claim) -> [(seed, finding)] in seed order
     for r in reports:
         for f in r["findings"]:
@@ -82,12 +82,7 @@ def _summarise(reports: list[dict]) -> dict:
     for (study, claim), pairs in by_claim.items():
         fs = [f for _, f in pairs]
         vals = [f["value"] for f in fs if isinstance(f["value"], (int, float)) and not isinstance(f["value"], bool)]
-        mean = float(np.mean(vals)) if vals else None
-        ci = [None, None]
-        if len(vals) >= 2:
-            se = float(np.std(vals, ddof=1) / np.sqrt(len(vals)))
-            t = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78}.get(len(vals), 2.0)
-            ci = [mean - t * se, mean + t * se]
+        mean, ci = t_interval(vals)
         out.append({"study": study, "claim": claim, "seeds": len(fs),
                     "reproduced_in": sum(1 for f in fs if f["reproduced"] is True), "values": vals,
                     "mean": mean, "ci": ci,

@@ -186,6 +186,12 @@ def plot_dg_cg(s3: dict) -> str:
     axes[0].bar(names, vals, color=["#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"][:len(names)])
     axes[0].set_ylabel("top-1 %")
     axes[0].set_title(f"{s3['test_domain']} images of held-out classes")
+    reps = s3.get("replicates") or {}
+    if len(s3.get("training_seeds") or []) > 1:   # every training seed's run as a dot over the first seed's bar
+        for i, n in enumerate(names):
+            ys = [v * 100 for v in reps.get(n, []) if v is not None]
+            axes[0].scatter([i] * len(ys), ys, color="black", s=14, zorder=3)
+        axes[0].set_title(f"{s3['test_domain']} images of held-out classes (dots: each training seed)")
     axes[0].tick_params(axis="x", labelsize=8)
     rows = s3["contribution"]
     axes[1].plot(range(1, len(rows) + 1), [(r["accuracy"]["D_heldout_classes"]["acc"] or 0) * 100 for r in rows],
@@ -387,7 +393,10 @@ def render_html(report: dict) -> str:
         parts.append(_section("Study 3 — domain vs compositional generalisation", [
             f"<p>Test domain <b>{_e(s3['test_domain'])}</b>, held-out classes {_e(', '.join(s3['held_out_classes']))}; "
             f"every mixture has {s3['size']} images; renditions in each: "
-            + _e(", ".join(f"{k} {v}" for k, v in (s3.get("renditions_per_mixture") or {}).items())) + ".</p>",
+            + _e(", ".join(f"{k} {v}" for k, v in (s3.get("renditions_per_mixture") or {}).items())) + "; "
+            + (f"every mixture trained once per training seed ({_e(', '.join(map(str, s3['training_seeds'])))}), "
+               "verdicts over seeds.</p>" if len(s3.get("training_seeds") or []) > 1 else
+               "one training run per mixture: a verdict's interval covers test images, not retraining.</p>"),
             plot_dg_cg(s3), plot_cka(s3)]))
     if "backgrounds" in s:
         s4 = s["backgrounds"]

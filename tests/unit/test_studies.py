@@ -121,7 +121,7 @@ def test_seed_summary_counts_directions_and_renders_every_finding():
     assert (a["reproduced_in"], a["seeds"], b["reproduced_in"]) == (2, 3, 0)
     assert a["mean"] == pytest.approx(1.0)
     se = np.std([2.0, 4.0, -3.0], ddof=1) / np.sqrt(3)
-    assert a["ci"] == pytest.approx([1.0 - 4.30 * se, 1.0 + 4.30 * se])
+    assert a["ci"] == pytest.approx([1.0 - 4.303 * se, 1.0 + 4.303 * se])
     assert [p["seed"] for p in a["per_seed"]] == [0, 1, 2] and a["per_seed"][2]["reproduced"] is False
     page = render_seeds_html(summary)
     assert "effect A &gt; 0" in page and "<b>2/3</b>" in page and "<b>0/3</b>" in page
@@ -237,3 +237,44 @@ def test_mean_cka_per_domain_averages_each_domains_pairs():
     # an undefined pair (too few shared classes) would bias its domains' means: no verdict then
     mech["pairs"][2] = {"domains": ["sketch", "quickdraw"], "layers": [], "undefined": "needs at least 4 classes"}
     assert mean_cka_per_domain(mech) == {} and mean_cka_per_domain(None) == {}
+
+
+def test_replicated_effect_is_decided_over_training_seeds():
+    from clipaudit.studies.context import direction, over_replicates, t_interval
+
+    assert t_interval([]) == (None, [None, None]) and t_interval([2.0]) == (2.0, [None, None])
+    mean, ci = t_interval([1.0, 2.0, 6.0])
+    se = np.std([1.0, 2.0, 6.0], ddof=1) / np.sqrt(3)
+    assert mean == pytest.approx(3.0) and ci == pytest.approx([3.0 - 4.303 * se, 3.0 + 4.303 * se])
+    assert t_interval([1.0] * 12)[1] == [1.0, 1.0]          # no spread, no width, whatever the table row
+    one = {"diff_points": 8.0, "ci": [5.0, 11.0], "n": 500}
+    assert over_replicates([one]) == {**one, "replicates": [8.0]}   # one run: its own interval over images
+    # three runs whose image intervals each exclude zero but disagree in sign: the verdict is open
+    runs = [one, {"diff_points": -10.0, "ci": [-13.0, -7.0], "n": 500}, {"diff_points": 13.0, "ci": [10.0, 16.0], "n": 500}]
+    got = over_replicates(runs)
+    assert got["diff_points"] == pytest.approx(11.0 / 3) and got["replicates"] == [8.0, -10.0, 13.0]
+    assert direction(got["ci"]) is None and got["n"] == 500
+    assert over_replicates([one, {"diff_points": None, "ci": [None, None], "n": 0}])["diff_points"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_dg_cg_with_training_seeds_trains_every_mixture_per_seed(tmp_path):
+    from clipaudit.studies.runner import run_study
+
+    cfg = load_config("demo", **TINY, studies=["dg_cg"], **{"dg_cg.training_seeds": [0, 1],
+                                                           "dg_cg.mechanistic_domains": ["natural", "sketch"]})
+    report = run_study(cfg, tmp_path / "run")
+    s3 = report["studies"]["dg_cg"]
+    assert s3["training_seeds"] == [0, 1]
+    mixtures = ["natural-only", "leave-out-domain", "cg-low", "cg-high", "seen-in-domain"]
+    assert list(s3["replicates"]) == mixtures and all(len(v) == 2 for v in s3["replicates"].values())
+    trained = {s["name"] for s in report["timings"]["steps"] if s["name"].startswith("train/")}
+    assert {f"train/s3-{m}" for m in mixtures} | {f"train/s3-{m}-t1" for m in mixtures} <= trained
+    # the first seed's numbers are the one-seed study's: its table, and the first replicate
+    assert [r[0] for r in s3["replicates"].values()] == [s3["accuracy"][m]["D_heldout_classes"]["acc"] for m in mixtures]
+    dg = next(f for f in report["findings"] if "domain generalisation" in f["claim"])
+    r = s3["replicates"]
+    per_seed = [(r["leave-out-domain"][i] - r["natural-only"][i]) * 100 for i in range(2)]
+    assert dg["value"] == pytest.approx(np.mean(per_seed))
+    assert "t-interval over 2 training seeds" in dg["detail"]
