@@ -278,3 +278,7 @@ def test_dg_cg_with_training_seeds_trains_every_mixture_per_seed(tmp_path):
     per_seed = [(r["leave-out-domain"][i] - r["natural-only"][i]) * 100 for i in range(2)]
     assert dg["value"] == pytest.approx(np.mean(per_seed))
     assert "t-interval over 2 training seeds" in dg["detail"]
+    claims = [f["claim"] for f in report["findings"]]
+    assert sum("domain generalisation" in c or "compositional" in c for c in claims) == 3   # DG, CG, CG weaker than DG
+    weaker = next(f for f in report["findings"] if f["claim"].startswith("compositional generalisation is weaker"))
+    assert weaker["value"] == pytest.approx(np.mean([(r["leave-out-domain"][i] - r["cg-low"][i]) * 100 for i in range(2)]))
