@@ -3,7 +3,9 @@
 Each SDF takes local coordinates ``u, v`` (arrays, x right, y *down*, the shape
 fills about [-1, 1]^2) and returns the signed distance to the outline in the same
 units: negative inside, positive outside. The renderer turns it into filled areas,
-outlines and strokes for every style, so one geometry serves all domains.
+outlines and strokes for every style, so one geometry serves all domains. Quickdraw
+draws a few classes as stick figures instead (``DOODLES``: unsigned distances to strokes,
+see :func:`doodle_distance`).
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ SHAPES: dict[str, SDF] = {
     "bowtie": lambda u, v: polygon(u, v, _BOWTIE),
     "pin": lambda u, v: _union(circle(u, v, 0.62, 0, -0.32), polygon(u, v, _PIN)),
 }
+
 
 def segment(u, v, a, b):
     """Unsigned distance to the segment from point ``a`` to point ``b``."""
