@@ -110,8 +110,11 @@ def run(ctx: StudyContext, base: dict) -> dict:
         runs[name] = ctx.train(name, sub, seed=seeds[0])
         evals[name] = ctx.evaluate_standard(name, runs[name])
 
+    def in_dc(p):   # D's images of the held-out classes C: every DG/CG number is measured on them
+        return (p["test_set"] == test_D) & p["class"].isin(C)
+
     def acc_dc(p):
-        return accuracy(p, (p["test_set"] == test_D) & p["class"].isin(C))
+        return accuracy(p, in_dc(p))
 
     def acc_d_seen(p):
         return accuracy(p, (p["test_set"] == test_D) & ~p["class"].isin(C))
@@ -132,8 +135,7 @@ def run(ctx: StudyContext, base: dict) -> dict:
         mech = ctx.report_json(ev).get("mechanistic")
 
     findings = []
-    dc = {s: {n: p[(p["test_set"] == test_D) & p["class"].isin(C)] for n, p in by_name.items()}
-          for s, by_name in replicate_evals.items()}
+    dc = {s: {n: p[in_dc(p)] for n, p in by_name.items()} for s, by_name in replicate_evals.items()}
 
     def diff(a, b):
         return over_replicates([paired_difference(dc[s][a], dc[s][b], seed=ctx.seed) for s in seeds])
