@@ -99,6 +99,11 @@ class DgCgStudy(_Strict):
     test_domain: str = "sketch"
     held_out_classes: list[str] | None = Field(None, description="default: the collection's held_out_classes")
     mechanistic_domains: list[str] = Field(default_factory=lambda: ["natural", "sketch", "clipart", "painting", "quickdraw"])
+    size: int | None = Field(
+        None, ge=1,
+        description="images per training mixture (natural images fill each mixture to it); default: every natural "
+                    "image of the pool. Smaller mixtures give the rendition domains a larger share of the same "
+                    "training budget")
     training_seeds: list[int] | None = Field(
         None, min_length=1,
         description="train the five mixtures once per seed and decide each DG/CG verdict on the mean effect with a "

@@ -21,6 +21,7 @@ PRESET_OVERRIDES: dict[str, dict] = {
         "training.supervised_samples": 384,
         "similarity.keep_fractions": [0.8, 0.6, 0.4], "similarity.gallery": 2,
         "domains.add_renditions": [0, 8, 16, 32], "similarity_model.samples": 512,
+        "dg_cg.size": 150,   # of ~240 natural images (the demo's 8,000 is for `small`)
     },
 }
 

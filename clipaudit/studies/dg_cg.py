@@ -7,9 +7,9 @@ natural-only; leave-out-domain (real + the other rendition domains); CG low-dive
 D only). Accuracy on D's images of C; per-domain contribution when domains are added
 one by one; CKA and neuron sharing between domains per layer.
 
-Rendition domains enter a mixture whole and natural images fill it to the common size, as
-in the paper: CG high holds all of CG low's renditions plus every other domain, so the two
-differ only in the added domains.
+Rendition domains enter a mixture whole and natural images fill it to the common size
+(``size``; default every natural image of the pool), as in the paper: CG high holds all of
+CG low's renditions plus every other domain, so the two differ only in the added domains.
 
 A fifth mixture, *seen in D* (real + D with every class, same size as CG low), is the
 like-for-like reference for "unseen classes are harder": the same test images (D's
@@ -49,11 +49,13 @@ def run(ctx: StudyContext, base: dict) -> dict:
     d_all = keys(meta["domain"] == D)
     other_r = keys(meta["domain"].isin(others))
     all_r_minus_c = keys(meta["domain"].isin(others) | ((meta["domain"] == D) & ~meta["class"].isin(C)))
-    N = len(real)
+    N = cfg.size or len(real)
     n_dc, n_other = len(d_minus_c), len(other_r)
-    if n_dc == 0 or n_other == 0 or n_dc + n_other >= N:
-        raise InvalidInput(f"dg_cg needs {D} images outside the held-out classes, other rendition domains and more "
-                           f"natural images than renditions; the pool has {n_dc}, {n_other} and {N}")
+    if n_dc == 0 or n_other == 0 or N > len(real) or len(all_r_minus_c) >= N:
+        raise InvalidInput(f"dg_cg needs {D} images outside the held-out classes, other rendition domains and a "
+                           f"mixture size above the renditions of CG high and within the natural images; the pool "
+                           f"has {n_dc}, {n_other} (CG high: {len(all_r_minus_c)} renditions) and {len(real)} natural, "
+                           f"the size is {N}")
     m = {
         "real": ctx.manifest("s3-real", real, rule="domain-split", parameters={"domain": "natural"}),
         "d_minus_c": ctx.manifest("s3-d-minus-c", d_minus_c, rule="domain-split",

@@ -267,6 +267,10 @@ def test_dg_cg_with_training_seeds_trains_every_mixture_per_seed(tmp_path):
     report = run_study(cfg, tmp_path / "run")
     s3 = report["studies"]["dg_cg"]
     assert s3["training_seeds"] == [0, 1]
+    # every mixture holds dg_cg.size images (fewer than the pool's natural ones), renditions as without a size
+    size = TINY["dg_cg.size"]
+    assert s3["size"] == size and all(sum(m["counts"].values()) == size for m in s3["mixtures"].values())
+    assert s3["renditions_per_mixture"]["natural-only"] == 0 and s3["renditions_per_mixture"]["cg-high"] > 0
     mixtures = ["natural-only", "leave-out-domain", "cg-low", "cg-high", "seen-in-domain"]
     assert list(s3["replicates"]) == mixtures and all(len(v) == 2 for v in s3["replicates"].values())
     trained = {s["name"] for s in report["timings"]["steps"] if s["name"].startswith("train/")}
