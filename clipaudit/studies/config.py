@@ -92,7 +92,10 @@ class DomainsStudy(_Strict):
                                 description="sweep A: rendition share at a fixed total")
     add_renditions: list[int] = Field(default_factory=lambda: [0, 100, 400, 1600], min_length=4,
                                       description="sweep B: renditions added to a fixed natural set")
-    total: int | None = Field(None, description="sweep A total; default: the natural pool size")
+    total: int | None = Field(None, description="sweep A total; default: the largest the clean natural and "
+                              "rendition subsets fill at every ratio")
+    natural: int | None = Field(None, ge=1, description="sweep B's fixed natural set (clean natural images); "
+                                "default: sweep A's total, so sweep B's first run is sweep A's natural-only one")
 
 
 class DgCgStudy(_Strict):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from clipaudit.errors import InvalidInput
 from clipaudit.manifests import read_manifest
 from clipaudit.studies.context import StudyContext, accuracy, direction, finding, paired_difference
 
@@ -61,9 +62,12 @@ def run(ctx: StudyContext, base: dict) -> dict:
         if n_r:
             comps.append({"manifest": clean["rendition"], "count": n_r, "name": "rendition"})
         plan_a.append((f"s2-A-r{int(r * 100)}", r, comps))
+    n_b = cfg.natural or total   # sweep B's fixed natural set; by default sweep A's 0% run is its first
+    if n_b > n_nat:
+        raise InvalidInput(f"sweep B's natural set ({n_b}) is larger than the pool's {n_nat} clean natural images")
     for k in cfg.add_renditions:
         k = min(k, n_rend)
-        comps = [{"manifest": clean["natural"], "name": "natural"}]
+        comps = [{"manifest": clean["natural"], "count": n_b, "name": "natural"}]
         if k:
             comps.append({"manifest": clean["rendition"], "count": k, "name": "rendition"})
         plan_b.append((f"s2-B-k{k}", k, comps))
@@ -127,7 +131,7 @@ def run(ctx: StudyContext, base: dict) -> dict:
         findings.append(finding(
             "domains", "a few renditions give a large gain (sweep B)",
             direction(g1["ci"]), g1["diff_points"],
-            f"adding {k1} renditions to {n_nat} natural images gains {g1['diff_points']:+.1f} points on renditions "
+            f"adding {k1} renditions to {n_b} natural images gains {g1['diff_points']:+.1f} points on renditions "
             f"(95% CI {g1['ci'][0]:+.1f}..{g1['ci'][1]:+.1f}); that is "
             f"{'n/a' if share is None else f'{share:.0%}'} of the gain from adding {kl}"))
     if sweep_a:

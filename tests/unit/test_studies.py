@@ -171,6 +171,10 @@ def test_all_four_studies_end_to_end_tiny(tmp_path):
     # mixture counts are exact: sweep A holds the total fixed
     totals = {sum(r["counts"].values()) for r in s2["sweep_a"]}
     assert len(totals) == 1
+    # sweep B holds sweep A's total of natural images fixed; its first run is sweep A's 0% run
+    (total,) = totals
+    assert {r["counts"]["natural"] for r in s2["sweep_b"]} == {total}
+    assert data["models"]["s2-B-k0"]["job_id"] == data["models"]["s2-A-r0"]["job_id"]
     s3 = data["studies"]["dg_cg"]
     sizes = {sum(m["counts"].values()) for m in s3["mixtures"].values()}
     assert len(sizes) == 1, "the four DG/CG mixtures must have equal size"
