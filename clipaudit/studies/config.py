@@ -95,7 +95,7 @@ class DomainsStudy(_Strict):
     total: int | None = Field(None, description="sweep A total; default: the largest the clean natural and "
                               "rendition subsets fill at every ratio")
     natural: int | None = Field(None, ge=1, description="sweep B's fixed natural set (clean natural images); "
-                                "default: sweep A's total, so sweep B's first run is sweep A's natural-only one")
+                                "default: sweep A's total, so sweep B's first run is sweep A's 0% run")
 
 
 class DgCgStudy(_Strict):
