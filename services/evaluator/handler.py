@@ -222,7 +222,7 @@ class Evaluator:
             section.update({"skipped": enc.skipped, "templates": template_source, "n_templates": len(templates)})
             sets.append(section)
             correct = logic.topk_correct(logits, labels, 1)
-            pooled.append((src, meta, labels, correct, enc.activations, classnames))
+            pooled.append((src, meta, labels, correct, enc.activations, classnames, logits.argmax(axis=1)))
             progress("score", i + 1, len(sources), src.name)
 
         report: dict[str, Any] = {
@@ -297,21 +297,21 @@ class Evaluator:
 
     @staticmethod
     def _pooled_groups(pooled) -> dict | None:
-        groups = [m["group"].to_numpy() for _, m, _, _, _, _ in pooled if "group" in m.columns]
+        groups = [m["group"].to_numpy() for _, m, *_ in pooled if "group" in m.columns]
         if not groups:
             return None
-        correct = np.concatenate([c for _, m, _, c, _, _ in pooled if "group" in m.columns])
+        correct = np.concatenate([c for _, m, _, c, *_ in pooled if "group" in m.columns])
         return logic.group_robustness(correct, np.concatenate(groups))
 
     @staticmethod
     def _pooled_similarity(pooled, spec, similarity) -> list | None:
         if similarity is None:
             return None
-        keys = pd.concat([m[["key"]] for _, m, _, _, _, _ in pooled], ignore_index=True)
+        keys = pd.concat([m[["key"]] for _, m, *_ in pooled], ignore_index=True)
         sim = keys.merge(similarity, on="key", how="left")["similarity"].to_numpy(dtype=np.float64)
         if not np.isfinite(sim).any():
             return []
-        correct = np.concatenate([c for _, _, _, c, _, _ in pooled])
+        correct = np.concatenate([c for _, _, _, c, *_ in pooled])
         return logic.similarity_binned_accuracy(correct, sim, _edges(spec.similarity_bins, sim))
 
     @staticmethod
@@ -321,7 +321,7 @@ class Evaluator:
         domains have (by name), in sorted order."""
         col = mech.column
         metas, names, acts = [], [], {}
-        for _, m, labels, _, activations, classnames in pooled:
+        for _, m, labels, _, activations, classnames, _ in pooled:
             if col not in m.columns:
                 raise InvalidInput(f"mechanistic similarity: test set has no {col!r} column")
             metas.append(m[col].astype(str).to_numpy())
@@ -340,11 +340,13 @@ class Evaluator:
     @staticmethod
     def _write_predictions(out: Store, pooled) -> None:
         frames = []
-        for src, m, labels, correct, _, classnames in pooled:
+        for src, m, labels, correct, _, classnames, pred in pooled:
             keep = [c for c in ("key", "class", "domain", "group", "background") if c in m.columns]
             f = m[keep].copy()
             f.insert(0, "test_set", src.name)
             f["label"] = labels
+            f["pred"] = pred   # top-1 class index (into the test set's class names), for confusion matrices
+            f["pred_class"] = np.asarray(classnames, dtype=object)[pred]
             f["correct"] = correct
             frames.append(f)
         buf = io.BytesIO()

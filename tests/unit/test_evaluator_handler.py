@@ -118,6 +118,9 @@ def test_known_accuracies(known_set, text_classifier, tmp_path):
     assert "data:image/png;base64," in html and "drop (points)" in html
     preds = pd.read_parquet(tmp_path / "r" / "predictions.parquet")
     assert preds["correct"].tolist() == plan["right"].tolist()
+    # the predicted class of every image (a confusion matrix needs no re-run)
+    assert preds["pred"].tolist() == plan["pred"].tolist()
+    assert preds["pred_class"].tolist() == [CLASSES[i] for i in plan["pred"]]
     assert reg.get_sample_value("clipaudit_evaluator_evaluations_total", {"outcome": "ok"}) == 1
     assert reg.get_sample_value("clipaudit_evaluator_images_total") == 60
 
