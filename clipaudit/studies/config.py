@@ -107,6 +107,12 @@ class DgCgStudy(_Strict):
         description="images per training mixture (natural images fill each mixture to it); default: every natural "
                     "image of the pool. Smaller mixtures give the rendition domains a larger share of the same "
                     "training budget")
+    cg_domains: list[str] | None = Field(
+        None,
+        description="rendition domains that each get a CG high-diversity run of their own (the held-out classes "
+                    "removed from that domain only), compared on their images of the held-out classes; the check "
+                    "'quickdraw fails on unseen classes' needs quickdraw and one other. Default: the test domain and "
+                    "quickdraw; [] turns it off. The test domain's run is the study's CG high run")
     training_seeds: list[int] | None = Field(
         None, min_length=1,
         description="train the five mixtures once per seed and decide each DG/CG verdict on the mean effect with a "

@@ -282,6 +282,17 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, mask_a=None, mask_b=None
                                                           float(np.percentile(boots, 97.5))], "n": n}
 
 
+def independent_difference(a: dict, b: dict) -> dict:
+    """acc(a) - acc(b) in points for two :func:`accuracy` results on different images,
+    with a 95% normal-approximation interval (independent samples)."""
+    if not a["n"] or not b["n"]:
+        return {"diff_points": None, "ci": [None, None], "n": [a["n"], b["n"]]}
+    pa, pb = a["acc"], b["acc"]
+    d = (pa - pb) * 100
+    half = 1.96 * 100 * float(np.sqrt(pa * (1 - pa) / a["n"] + pb * (1 - pb) / b["n"]))
+    return {"diff_points": float(d), "ci": [float(d - half), float(d + half)], "n": [a["n"], b["n"]]}
+
+
 # two-sided 95% Student t quantiles by degrees of freedom (numpy has none; scipy is not a dependency)
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
         15: 2.131, 20: 2.086, 30: 2.042}

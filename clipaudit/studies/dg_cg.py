@@ -27,8 +27,8 @@ from __future__ import annotations
 import numpy as np
 
 from clipaudit.errors import InvalidInput
-from clipaudit.studies.context import (StudyContext, accuracy, direction, finding, over_replicates,
-                                      paired_difference)
+from clipaudit.studies.context import (StudyContext, accuracy, direction, finding, independent_difference,
+                                      over_replicates, paired_difference)
 
 
 def run(ctx: StudyContext, base: dict) -> dict:
@@ -82,6 +82,26 @@ def run(ctx: StudyContext, base: dict) -> dict:
         "cg-high": with_real(m["all_minus_c"], len(all_r_minus_c), "renditions-minus-C-in-D"),
         "seen-in-domain": with_real(m["d_all"], len(d_all), D, n_dc),   # like CG low, but C drawn in D too
     }
+    # CG high-diversity per domain (STUDIES.md: "Quickdraw fails on unseen classes"): for each listed
+    # domain, every rendition domain with the held-out classes removed from that domain only
+    cg_doms = list(dict.fromkeys(cfg.cg_domains if cfg.cg_domains is not None
+                                 else [D] + (["quickdraw"] if "quickdraw" in renditions else [])))
+    evaluated = set(d.id_tests) | set(d.ood_tests)
+    bad = [x for x in cg_doms if x not in renditions or _test_set_of(x) not in evaluated]
+    if bad:
+        raise InvalidInput(f"dg_cg.cg_domains {bad} need to be rendition domains of the pool "
+                           f"({', '.join(renditions)}) with a test set test_<domain> among the test sets")
+    cg_mixes = {}
+    for dom in cg_doms:
+        if dom == D:
+            continue   # the study's own CG high run
+        ks = keys(meta["domain"].isin(renditions) & ~((meta["domain"] == dom) & meta["class"].isin(C)))
+        if len(ks) >= N:
+            raise InvalidInput(f"dg_cg.cg_domains: CG high for {dom} holds {len(ks)} renditions, not fewer than the "
+                               f"mixture size {N}")
+        man = ctx.manifest(f"s3-all-renditions-minus-c-in-{dom}", ks, rule="domain-split",
+                           parameters={"domains": renditions, "without_classes_in": dom, "classes": C})
+        cg_mixes[f"s3-cg-high-{dom}"] = {"mixture": with_real(man, len(ks), f"renditions-minus-C-in-{dom}")}
     # per-domain contribution: real + domains added one by one (C removed from D), in full, equal size
     contrib_rows, adds = [], []
     added: list[str] = []
@@ -102,13 +122,13 @@ def run(ctx: StudyContext, base: dict) -> dict:
         return f"s3-{name}" if s == seeds[0] else f"s3-{name}-t{s}"
 
     ctx.prefetch([(label(n, s), {"mixture": c}, {"seed": s}) for s in seeds for n, c in mixes.items()]
-                 + [(n, sub, {"seed": seeds[0]}) for n, sub in adds])
+                 + [(n, sub, {"seed": seeds[0]}) for n, sub in [*adds, *cg_mixes.items()]])
     replicate_runs = {s: {name: ctx.train(label(name, s), {"mixture": comps}, seed=s) for name, comps in mixes.items()}
                       for s in seeds}
     replicate_evals = {s: {n: ctx.evaluate_standard(label(n, s), r) for n, r in rs.items()}
                        for s, rs in replicate_runs.items()}
     runs, evals = dict(replicate_runs[seeds[0]]), dict(replicate_evals[seeds[0]])
-    for name, sub in adds:
+    for name, sub in [*adds, *cg_mixes.items()]:
         runs[name] = ctx.train(name, sub, seed=seeds[0])
         evals[name] = ctx.evaluate_standard(name, runs[name])
 
@@ -126,6 +146,17 @@ def run(ctx: StudyContext, base: dict) -> dict:
              for n, p in evals.items()}
     for row in contrib_rows:
         row["accuracy"] = table[row["name"]]
+    cg_per_domain = []
+    for dom in cg_doms:
+        name = "cg-high" if dom == D else f"s3-cg-high-{dom}"
+        on_dom = evals[name]["test_set"] == _test_set_of(dom)
+        no = evals["natural-only"]
+        cg_per_domain.append({
+            "domain": dom, "run": label("cg-high", seeds[0]) if dom == D else name,
+            "heldout_classes": accuracy(evals[name], on_dom & evals[name]["class"].isin(C)),
+            "seen_classes": accuracy(evals[name], on_dom & ~evals[name]["class"].isin(C)),
+            "natural_only_heldout_classes": accuracy(no, (no["test_set"] == _test_set_of(dom)) & no["class"].isin(C)),
+        })
 
     # mechanistic similarity between every pair of domains, per layer (the CG high-diversity model, which
     # saw every domain); one evaluation encodes each domain's test set once
@@ -177,6 +208,9 @@ def run(ctx: StudyContext, base: dict) -> dict:
             + ("; with natural images alone: " + ", ".join(
                 f"{k} {v:.2f}" for k, v in sorted(with_natural.items(), key=lambda kv: kv[1])
                 if v is not None) if with_natural else "")))
+    fails = _quickdraw_fails_finding(cg_per_domain, n_classes=len(coll.classes))
+    if fails:
+        findings.append(fails)
     return {
         "test_domain": D, "held_out_classes": C, "size": N,
         "renditions_per_mixture": {n: N - comps[0]["count"] for n, comps in mixes.items()},
@@ -184,10 +218,35 @@ def run(ctx: StudyContext, base: dict) -> dict:
                      for n, comps in mixes.items()},
         "manifests": {k: ctx.lineage(u) for k, u in m.items()},
         "accuracy": table, "contribution": contrib_rows, "mechanistic": mech, "findings": findings,
+        # CG high-diversity per domain (the first training seed): accuracy on that domain's images of the
+        # held-out classes, of its seen classes, and natural-only's on the same held-out images
+        "cg_per_domain": cg_per_domain,
         "training_seeds": seeds,
         # held-out-class accuracy on D of every mixture, one value per training seed
         "replicates": {n: [acc_dc(replicate_evals[s][n])["acc"] for s in seeds] for n in mixes},
     }
+
+
+def _quickdraw_fails_finding(rows: list[dict], n_classes: int) -> dict | None:
+    """Quickdraw's CG high-diversity accuracy on its held-out classes against the lowest
+    other domain's (different images: an unpaired interval); None without quickdraw and
+    another domain."""
+    accs = {r["domain"]: r["heldout_classes"] for r in rows if r["heldout_classes"]["acc"] is not None}
+    if "quickdraw" not in accs or len(accs) < 2:
+        return None
+    nxt = min((dom for dom in accs if dom != "quickdraw"), key=lambda dom: accs[dom]["acc"])
+    gap = independent_difference(accs[nxt], accs["quickdraw"])
+    by_dom = {r["domain"]: r for r in rows}
+    return finding(
+        "dg_cg", "quickdraw fails on unseen classes (CG high-diversity per domain)",
+        direction(gap["ci"]), gap["diff_points"],
+        "each domain's CG high-diversity model (every rendition domain, the held-out classes removed from that "
+        "domain only) on that domain's images of the held-out classes: "
+        + ", ".join(f"{dom} {_pct(a['acc'])} (natural-only {_pct(by_dom[dom]['natural_only_heldout_classes']['acc'])})"
+                    for dom, a in sorted(accs.items(), key=lambda kv: kv[1]["acc"]))
+        + f"; chance {_pct(1 / n_classes) if n_classes else 'n/a'}; the lowest other domain ({nxt}) minus quickdraw: "
+        f"{gap['diff_points']:+.1f} points (95% CI {gap['ci'][0]:+.1f}..{gap['ci'][1]:+.1f}; one training run each, "
+        f"different images)")
 
 
 def _test_set_of(domain: str) -> str:

@@ -179,7 +179,8 @@ def plot_mixing(s2: dict) -> str:
 
 def plot_dg_cg(s3: dict) -> str:
     plt = _fig()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+    per_dom = [r for r in s3.get("cg_per_domain") or [] if r["heldout_classes"]["acc"] is not None]
+    fig, axes = plt.subplots(1, 3 if per_dom else 2, figsize=(16 if per_dom else 11, 3.4))
     a = s3["accuracy"]
     names = [n for n in ["natural-only", "leave-out-domain", "cg-low", "cg-high", "seen-in-domain"] if n in a]
     vals = [(a[n]["D_heldout_classes"]["acc"] or 0) * 100 for n in names]
@@ -199,6 +200,14 @@ def plot_dg_cg(s3: dict) -> str:
     axes[1].set_xticks(range(1, len(rows) + 1), ["+" + r["domains"][-1] for r in rows], fontsize=8)
     axes[1].set_title("Domains added one by one")
     axes[1].set_ylabel("top-1 % (held-out classes)")
+    if per_dom:   # each domain's own CG high run vs natural-only, on that domain's held-out classes
+        x = np.arange(len(per_dom))
+        for off, key, lab, col in ((-0.2, "natural_only_heldout_classes", "natural-only", "#7f7f7f"),
+                                   (0.2, "heldout_classes", "CG high (C removed from this domain)", "#2ca02c")):
+            axes[2].bar(x + off, [(r[key]["acc"] or 0) * 100 for r in per_dom], width=0.4, label=lab, color=col)
+        axes[2].set_xticks(x, [r["domain"] for r in per_dom], fontsize=8)
+        axes[2].set_title("Held-out classes, per domain")
+        axes[2].legend(fontsize=7)
     return _png(fig)
 
 

@@ -48,6 +48,30 @@ def test_paired_difference_is_paired():
     assert d["ci"][0] > 15 and d["ci"][1] < 35
 
 
+def test_independent_difference_adds_both_variances():
+    from clipaudit.studies.context import independent_difference
+
+    d = independent_difference(proportion(60, 100), proportion(30, 100))
+    half = 1.96 * 100 * np.sqrt(0.6 * 0.4 / 100 + 0.3 * 0.7 / 100)
+    assert d["diff_points"] == pytest.approx(30.0) and d["ci"] == pytest.approx([30.0 - half, 30.0 + half])
+    assert independent_difference(proportion(1, 2), proportion(0, 0))["diff_points"] is None
+
+
+def test_quickdraw_fails_verdict_compares_with_the_lowest_other_domain():
+    from clipaudit.studies.dg_cg import _quickdraw_fails_finding
+
+    def row(dom, k, n=400):
+        return {"domain": dom, "heldout_classes": proportion(k, n), "natural_only_heldout_classes": proportion(40, n)}
+
+    yes = _quickdraw_fails_finding([row("sketch", 200), row("clipart", 160), row("quickdraw", 60)], n_classes=10)
+    assert yes["reproduced"] is True and yes["value"] == pytest.approx(25.0) and "clipart" in yes["detail"]
+    # quickdraw well above another domain: the opposite; close to it: undetermined
+    assert _quickdraw_fails_finding([row("sketch", 60), row("quickdraw", 200)], 10)["reproduced"] is False
+    assert _quickdraw_fails_finding([row("sketch", 100), row("quickdraw", 95)], 10)["reproduced"] is None
+    assert _quickdraw_fails_finding([row("sketch", 100)], 10) is None
+    assert _quickdraw_fails_finding([row("sketch", 100), row("quickdraw", 0, n=0)], 10) is None
+
+
 def test_direction_is_decided_by_the_interval():
     from clipaudit.studies.context import direction
 
@@ -178,6 +202,12 @@ def test_all_four_studies_end_to_end_tiny(tmp_path):
     s3 = data["studies"]["dg_cg"]
     sizes = {sum(m["counts"].values()) for m in s3["mixtures"].values()}
     assert len(sizes) == 1, "the four DG/CG mixtures must have equal size"
+    # CG high per domain: the test domain's is the study's CG high run, quickdraw's its own, of the same size,
+    # without quickdraw's images of the held-out classes
+    assert [r["domain"] for r in s3["cg_per_domain"]] == ["sketch", "clipart", "painting", "quickdraw"]
+    assert s3["cg_per_domain"][0]["heldout_classes"] == s3["accuracy"]["cg-high"]["D_heldout_classes"]
+    assert sum(data["models"]["s3-cg-high-quickdraw"]["resolved_counts"].values()) == s3["size"]
+    assert any(f["claim"].startswith("quickdraw fails on unseen classes") for f in data["findings"])
     mech = s3["mechanistic"]
     assert len(mech["pairs"]) == 10 and all(p["layers"] for p in mech["pairs"])   # every pair of 5 domains
     s4 = data["studies"]["backgrounds"]
@@ -204,6 +234,9 @@ def test_all_four_studies_end_to_end_tiny(tmp_path):
     again = run_study(cfg, tmp_path / "run")
     assert again["findings"] == report["findings"]
     assert all(s["cached"] for s in again["timings"]["steps"])
+    with pytest.raises(InvalidInput, match="cg_domains"):
+        run_study(load_config("demo", **TINY, studies=["dg_cg"], **{"dg_cg.cg_domains": ["sketch", "infograph"]}),
+                  tmp_path / "run")
 
 
 @pytest.mark.slow
