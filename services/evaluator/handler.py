@@ -86,6 +86,19 @@ class ReportRef:
     summary: dict
 
 
+@dataclass
+class _Scored:
+    """One test set after scoring; the pooled sections (groups, similarity bins, mechanistic
+    similarity, predictions.parquet) read every test set's."""
+    src: Any                 # the opened test set (name, location)
+    meta: pd.DataFrame
+    labels: np.ndarray       # true class index per image
+    correct: np.ndarray      # top-1 correct per image
+    activations: dict        # layer -> per-image activations (mechanistic runs only)
+    classnames: list
+    pred: np.ndarray         # top-1 class index per image
+
+
 def build_request(checkpoint: str, test_sets: list[str], out: str, spec=None) -> EvaluationRequest:
     if not checkpoint:
         raise InvalidInput("evaluation names no checkpoint")
@@ -222,7 +235,7 @@ class Evaluator:
             section.update({"skipped": enc.skipped, "templates": template_source, "n_templates": len(templates)})
             sets.append(section)
             correct = logic.topk_correct(logits, labels, 1)
-            pooled.append((src, meta, labels, correct, enc.activations, classnames, logits.argmax(axis=1)))
+            pooled.append(_Scored(src, meta, labels, correct, enc.activations, classnames, logits.argmax(axis=1)))
             progress("score", i + 1, len(sources), src.name)
 
         report: dict[str, Any] = {
@@ -297,21 +310,21 @@ class Evaluator:
 
     @staticmethod
     def _pooled_groups(pooled) -> dict | None:
-        groups = [m["group"].to_numpy() for _, m, *_ in pooled if "group" in m.columns]
-        if not groups:
+        with_groups = [t for t in pooled if "group" in t.meta.columns]
+        if not with_groups:
             return None
-        correct = np.concatenate([c for _, m, _, c, *_ in pooled if "group" in m.columns])
-        return logic.group_robustness(correct, np.concatenate(groups))
+        return logic.group_robustness(np.concatenate([t.correct for t in with_groups]),
+                                      np.concatenate([t.meta["group"].to_numpy() for t in with_groups]))
 
     @staticmethod
     def _pooled_similarity(pooled, spec, similarity) -> list | None:
         if similarity is None:
             return None
-        keys = pd.concat([m[["key"]] for _, m, *_ in pooled], ignore_index=True)
+        keys = pd.concat([t.meta[["key"]] for t in pooled], ignore_index=True)
         sim = keys.merge(similarity, on="key", how="left")["similarity"].to_numpy(dtype=np.float64)
         if not np.isfinite(sim).any():
             return []
-        correct = np.concatenate([c for _, _, _, c, *_ in pooled])
+        correct = np.concatenate([t.correct for t in pooled])
         return logic.similarity_binned_accuracy(correct, sim, _edges(spec.similarity_bins, sim))
 
     @staticmethod
@@ -321,12 +334,12 @@ class Evaluator:
         domains have (by name), in sorted order."""
         col = mech.column
         metas, names, acts = [], [], {}
-        for _, m, labels, _, activations, classnames, _ in pooled:
-            if col not in m.columns:
+        for t in pooled:
+            if col not in t.meta.columns:
                 raise InvalidInput(f"mechanistic similarity: test set has no {col!r} column")
-            metas.append(m[col].astype(str).to_numpy())
-            names.append(np.asarray(classnames, dtype=object)[labels])
-            for layer, a in activations.items():
+            metas.append(t.meta[col].astype(str).to_numpy())
+            names.append(np.asarray(t.classnames, dtype=object)[t.labels])
+            for layer, a in t.activations.items():
                 acts.setdefault(layer, []).append(a)
         dom = np.concatenate(metas)
         cls = np.concatenate(names)
@@ -340,14 +353,14 @@ class Evaluator:
     @staticmethod
     def _write_predictions(out: Store, pooled) -> None:
         frames = []
-        for src, m, labels, correct, _, classnames, pred in pooled:
-            keep = [c for c in ("key", "class", "domain", "group", "background") if c in m.columns]
-            f = m[keep].copy()
-            f.insert(0, "test_set", src.name)
-            f["label"] = labels
-            f["pred"] = pred   # top-1 class index (into the test set's class names), for confusion matrices
-            f["pred_class"] = np.asarray(classnames, dtype=object)[pred]
-            f["correct"] = correct
+        for t in pooled:
+            keep = [c for c in ("key", "class", "domain", "group", "background") if c in t.meta.columns]
+            f = t.meta[keep].copy()
+            f.insert(0, "test_set", t.src.name)
+            f["label"] = t.labels
+            f["pred"] = t.pred   # top-1 class index (into the test set's class names), for confusion matrices
+            f["pred_class"] = np.asarray(t.classnames, dtype=object)[t.pred]
+            f["correct"] = t.correct
             frames.append(f)
         buf = io.BytesIO()
         pd.concat(frames, ignore_index=True).astype({"key": str}).to_parquet(buf, index=False)
