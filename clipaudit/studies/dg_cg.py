@@ -156,6 +156,8 @@ def run(ctx: StudyContext, base: dict) -> dict:
             "heldout_classes": accuracy(evals[name], on_dom & evals[name]["class"].isin(C)),
             "seen_classes": accuracy(evals[name], on_dom & ~evals[name]["class"].isin(C)),
             "natural_only_heldout_classes": accuracy(no, (no["test_set"] == _test_set_of(dom)) & no["class"].isin(C)),
+            # which held-out classes the domain fails on (a verdict can follow the classes more than the domain)
+            "heldout_per_class": {c: accuracy(evals[name], on_dom & (evals[name]["class"] == c))["acc"] for c in C},
         })
 
     # mechanistic similarity between every pair of domains, per layer (the CG high-diversity model, which
@@ -244,7 +246,10 @@ def _quickdraw_fails_finding(rows: list[dict], n_classes: int) -> dict | None:
         "domain only) on that domain's images of the held-out classes: "
         + ", ".join(f"{dom} {_pct(a['acc'])} (natural-only {_pct(by_dom[dom]['natural_only_heldout_classes']['acc'])})"
                     for dom, a in sorted(accs.items(), key=lambda kv: kv[1]["acc"]))
-        + f"; chance {_pct(1 / n_classes) if n_classes else 'n/a'}; the lowest other domain ({nxt}) minus quickdraw: "
+        + f"; chance {_pct(1 / n_classes) if n_classes else 'n/a'}; quickdraw per held-out class: "
+        + ", ".join(f"{c} {_pct(a)}" for c, a in sorted((by_dom["quickdraw"].get("heldout_per_class") or {}).items(),
+                                                         key=lambda kv: -1 if kv[1] is None else kv[1]))
+        + f"; the lowest other domain ({nxt}) minus quickdraw: "
         f"{gap['diff_points']:+.1f} points (95% CI {gap['ci'][0]:+.1f}..{gap['ci'][1]:+.1f}; one training run each, "
         f"different images)")
 

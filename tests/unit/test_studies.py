@@ -61,10 +61,12 @@ def test_quickdraw_fails_verdict_compares_with_the_lowest_other_domain():
     from clipaudit.studies.dg_cg import _quickdraw_fails_finding
 
     def row(dom, k, n=400):
-        return {"domain": dom, "heldout_classes": proportion(k, n), "natural_only_heldout_classes": proportion(40, n)}
+        return {"domain": dom, "heldout_classes": proportion(k, n), "natural_only_heldout_classes": proportion(40, n),
+                "heldout_per_class": {"star": 0.02, "moon": 0.4}}
 
     yes = _quickdraw_fails_finding([row("sketch", 200), row("clipart", 160), row("quickdraw", 60)], n_classes=10)
     assert yes["reproduced"] is True and yes["value"] == pytest.approx(25.0) and "clipart" in yes["detail"]
+    assert "quickdraw per held-out class: star 2.0%, moon 40.0%" in yes["detail"]
     # quickdraw well above another domain: the opposite; close to it: undetermined
     assert _quickdraw_fails_finding([row("sketch", 60), row("quickdraw", 200)], 10)["reproduced"] is False
     assert _quickdraw_fails_finding([row("sketch", 100), row("quickdraw", 95)], 10)["reproduced"] is None
@@ -207,6 +209,7 @@ def test_all_four_studies_end_to_end_tiny(tmp_path):
     assert [r["domain"] for r in s3["cg_per_domain"]] == ["sketch", "clipart", "painting", "quickdraw"]
     assert s3["cg_per_domain"][0]["heldout_classes"] == s3["accuracy"]["cg-high"]["D_heldout_classes"]
     assert sum(data["models"]["s3-cg-high-quickdraw"]["resolved_counts"].values()) == s3["size"]
+    assert all(set(r["heldout_per_class"]) == set(s3["held_out_classes"]) for r in s3["cg_per_domain"])
     assert any(f["claim"].startswith("quickdraw fails on unseen classes") for f in data["findings"])
     mech = s3["mechanistic"]
     assert len(mech["pairs"]) == 10 and all(p["layers"] for p in mech["pairs"])   # every pair of 5 domains
