@@ -44,11 +44,14 @@ def run(ctx: StudyContext, base: dict) -> dict:
     def keys(mask) -> list[str]:
         return meta.loc[mask, "key"].astype(str).tolist()
 
+    def renditions_without_c_in(dom: str):   # CG high's renditions: every domain, C removed from ``dom`` only
+        return meta["domain"].isin(renditions) & ~((meta["domain"] == dom) & meta["class"].isin(C))
+
     real = keys(meta["domain"] == "natural")
     d_minus_c = keys((meta["domain"] == D) & ~meta["class"].isin(C))
     d_all = keys(meta["domain"] == D)
     other_r = keys(meta["domain"].isin(others))
-    all_r_minus_c = keys(meta["domain"].isin(others) | ((meta["domain"] == D) & ~meta["class"].isin(C)))
+    all_r_minus_c = keys(renditions_without_c_in(D))
     N = cfg.size or len(real)
     n_dc, n_other = len(d_minus_c), len(other_r)
     if n_dc == 0 or n_other == 0 or N > len(real) or len(all_r_minus_c) >= N:
@@ -95,7 +98,7 @@ def run(ctx: StudyContext, base: dict) -> dict:
     for dom in cg_doms:
         if dom == D:
             continue   # the study's own CG high run
-        ks = keys(meta["domain"].isin(renditions) & ~((meta["domain"] == dom) & meta["class"].isin(C)))
+        ks = keys(renditions_without_c_in(dom))
         if len(ks) >= N:
             raise InvalidInput(f"dg_cg.cg_domains: CG high for {dom} holds {len(ks)} renditions, not fewer than the "
                                f"mixture size {N}")
