@@ -30,6 +30,8 @@ def print_summary(report: dict, out_dir) -> None:
         v = {True: "[green]reproduced[/green]", False: "[red]NOT reproduced[/red]"}.get(f["reproduced"], "undetermined")
         t.add_row(f["study"], f["claim"], v, f["detail"])
     Console().print(t)
+    if report.get("training_noise"):
+        print(f"training noise: {report['training_noise']['summary']}")
     print(f"report: {out_dir}/report.html  (data: {out_dir}/report.json; {report['timings']['total_s']} s)")
 
 

@@ -54,6 +54,12 @@ class TrainingConfig(_Strict):
     supervised_samples: int = Field(20_000, ge=1)
     parallel_runs: int = Field(0, ge=0, description="embedded mode: training runs at once, each single-threaded; "
                                                     "0: one per CPU core on CPU, one on a GPU")
+    noise_runs: int = Field(
+        0, ge=0,
+        description="retrain the full model this many more times, changing only the training seed (seed + "
+                    "7919*i, i = 1..n: initialisation and sample order), and report how far each test set's "
+                    "accuracy moves (the report's training_noise): the run-to-run spread that a verdict's interval "
+                    "over test images does not include")
     threads: int = Field(0, ge=0, description="CPU intra-op threads of every run (0: the trainer's default, one per "
                                               "idle CPU; runs in the embedded worker pool always use 1). Thread counts "
                                               "change float rounding only, so they are not part of a run's id; pin 1 "

@@ -89,5 +89,8 @@ def _summarise(reports: list[dict]) -> dict:
                     "mean": mean, "ci": ci,
                     "per_seed": [{"seed": seed, "reproduced": f["reproduced"], "detail": f["detail"]}
                                  for seed, f in pairs]})
+    noise = [{"seed": r["seed"], **{k: n[k] for k in ("summary", "max_range_points", "max_range_test",
+                                                       "ood_range_points", "sets_beyond_image_ci")}}
+             for r in reports if (n := r.get("training_noise"))]
     return {"seeds": [r["seed"] for r in reports], "findings": out,
-            "wall_time_s": [r["timings"]["total_s"] for r in reports]}
+            "wall_time_s": [r["timings"]["total_s"] for r in reports], "training_noise": noise}

@@ -194,6 +194,7 @@ def plot_dg_cg(s3: dict) -> str:
             axes[0].scatter([i] * len(ys), ys, color="black", s=14, zorder=3)
         axes[0].set_title(f"{s3['test_domain']} images of held-out classes (dots: each training seed)")
     axes[0].tick_params(axis="x", labelsize=8)
+    plt.setp(axes[0].get_xticklabels(), rotation=20, ha="right")
     rows = s3["contribution"]
     axes[1].plot(range(1, len(rows) + 1), [(r["accuracy"]["D_heldout_classes"]["acc"] or 0) * 100 for r in rows],
                  marker="o")
@@ -259,9 +260,10 @@ def _heatmap(ax, m: np.ndarray, rows: list[str], cols: list[str], title: str) ->
 # ---------------------------------------------------------------------- study 4
 
 def plot_backgrounds(s4: dict) -> str:
+    """Two figures: the effective-robustness scatter, and one bar per checkpoint (as tall as
+    the run has checkpoints: the demo has about 45, whose labels must stay readable)."""
     plt = _fig()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    ax = axes[0]
+    fig, ax = plt.subplots(figsize=(6, 4.2))
     for fam in ("CLIP", "supervised"):
         pts = [(r["common"]["acc"], r["counter"]["acc"], r["model"]) for r in s4["rows"] if r["family"] == fam
                and r["common"]["acc"] is not None]
@@ -279,14 +281,17 @@ def plot_backgrounds(s4: dict) -> str:
     ax.set_ylabel("counter-background accuracy %")
     ax.set_title("Effective robustness")
     ax.legend(fontsize=8)
-    ax = axes[1]
-    rows = sorted(s4["rows"], key=lambda r: (r["family"], r["model"]))
+    scatter = _png(fig)
+    rows = sorted(s4["rows"], key=lambda r: (r["family"], r["model"]), reverse=True)   # top to bottom
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.2 * len(rows)))
     ax.barh([r["model"] for r in rows], [r["drop_points"] or 0 for r in rows],
             color=[PALETTE[r["family"]] for r in rows])
+    ax.set_ylim(-0.6, len(rows) - 0.4)
     ax.set_xlabel("drop = common − counter (points)")
-    ax.tick_params(axis="y", labelsize=7)
-    ax.set_title("Background reliance")
-    return _png(fig)
+    ax.tick_params(axis="y", labelsize=8)
+    ax.set_title("Background reliance, per checkpoint")
+    fig.tight_layout()
+    return scatter + _png(fig)
 
 
 # ---------------------------------------------------------------------- page
@@ -363,6 +368,43 @@ def _per_domain(by_domain: dict | None) -> str:
     return ", ".join(f"{d} {r} ({r / n:.0%})" for d, (r, n) in by_domain.items() if n)
 
 
+def _thresholds_table(thresholds: dict) -> str:
+    """The domain classifier's operating points: per threshold and class, the score cut-off
+    chosen for the target precision and what it achieved on held-out labels."""
+    rows = []
+    for level, t in thresholds.items():
+        for cls, c in (t.get("per_class") or {}).items():
+            rows.append(f"<tr><td>{_e(level)}</td><td>{_e(cls)}</td><td>{_fmt(c.get('target_precision'), 2)}</td>"
+                        f"<td>{_fmt(c.get('threshold'))}</td><td>{_fmt(c.get('precision'))}</td>"
+                        f"<td>{_fmt(c.get('recall'))}</td><td>{_e(c.get('predicted_positive'))} / "
+                        f"{_e(c.get('positives'))}</td><td>{'yes' if c.get('reachable') else 'no'}</td></tr>")
+    return ("<table><tr><th>threshold</th><th>class</th><th>target precision</th><th>score cut-off</th>"
+            "<th>precision</th><th>recall</th><th>predicted / labelled</th><th>target reachable</th></tr>"
+            + "".join(rows) + "</table>") if rows else ""
+
+
+def _noise_html(noise: dict | None) -> str:
+    """The full model against its reruns with other training seeds: how far one run's
+    numbers move when only the seed changes."""
+    if not noise:
+        return ""
+    runs = noise["runs"]
+    head = "".join(f"<th>{_e(n)} (seed {s})</th>" for n, s in zip(runs, noise["seeds"]))
+    diffs = "".join(f"<th>{_e(n)} − {_e(runs[0])} (95% CI over images)</th>" for n in runs[1:])
+    rows = []
+    for r in noise["rows"]:
+        cells = "".join(f"<td>{_pct(a['acc'])}</td>" for a in r["acc"].values())
+        dcells = "".join(f"<td>{d['diff_points']:+.1f} ({d['ci'][0]:+.1f}..{d['ci'][1]:+.1f})</td>"
+                         for d in r["vs_first"].values())
+        rows.append(f"<tr class=\"{'no' if r['beyond_image_ci'] else ''}\"><td>{_e(r['test'])}</td>{cells}{dcells}"
+                    f"<td>{r['range_points']:.1f}</td></tr>")
+    return ("<h3>Training noise</h3>"
+            f"<p>{_e(noise['summary'])}. An effect smaller than this spread can change sign with the training seed "
+            "even where its interval over images excludes zero; rows in red: a rerun differs by more than its "
+            "interval over images allows.</p>"
+            f"<table><tr><th>test set</th>{head}{diffs}<th>spread (points)</th></tr>{''.join(rows)}</table>")
+
+
 def _section(title: str, body: list[str]) -> str:
     return f"<h2>{_e(title)}</h2>" + "".join(body)
 
@@ -375,9 +417,9 @@ def render_html(report: dict) -> str:
              f"total {report['timings']['total_s']} s. Verdicts are computed from the data in report.json.</p>",
              "<h2>Findings</h2>", _findings_table(report["findings"]),
              "<p class='muted'>Intervals are 95% bootstrap/Wilson intervals over test images for this run's "
-             "seed; they do not include training noise (a retrained tiny model moves by a few points). "
-             "<code>clipaudit demo --seeds 3</code> repeats the run and counts in how many seeds each "
-             "direction holds.</p>"]
+             "seed; they do not include training noise (measured below where <code>training.noise_runs</code> "
+             "is set). <code>clipaudit demo --seeds 3</code> repeats the run and counts in how many seeds each "
+             "direction holds.</p>", _noise_html(report.get("training_noise"))]
     if "similarity" in s:
         s1 = s["similarity"]
         parts.append(_section("Study 1 — train–test similarity", [
@@ -392,10 +434,9 @@ def render_html(report: dict) -> str:
     if "domains" in s:
         s2 = s["domains"]
         clf = s2["classifier"]
-        thr = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in (clf.get("thresholds") or {}).items())
         parts.append(_section("Study 2 — domain contamination", [
             f"<p>Classifier <code>{_e(clf.get('classifier_id', ''))}</code>, labels from "
-            f"{_e(clf.get('labels_source'))}.</p><table><tr><th>threshold</th><th>values</th></tr>{thr}</table>",
+            f"{_e(clf.get('labels_source'))}.</p>" + _thresholds_table(clf.get("thresholds") or {}),
             plot_contamination(s2), plot_domain_bars(s2), plot_mixing(s2)]))
     if "dg_cg" in s:
         s3 = s["dg_cg"]
@@ -455,5 +496,10 @@ def render_seeds_html(summary: dict) -> str:
             f"includes training noise.</p>"
             f"<table><tr><th>study</th><th>finding (direction)</th><th>seeds</th>{head}"
             f"<th>mean over seeds (95% t-interval)</th></tr>{''.join(rows)}</table>")
+    if summary.get("training_noise"):   # what retraining alone moves, per seed (training.noise_runs)
+        body += ("<h3>Training noise</h3><p class='muted'>The full model rerun with another training seed, "
+                 "same data: an effect smaller than these spreads can flip with the training seed alone.</p><ul>"
+                 + "".join(f"<li>seed {n['seed']}: {_e(n['summary'])}</li>" for n in summary["training_noise"])
+                 + "</ul>")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>clipaudit — {len(seeds)} seeds</title>"
             f"<style>{CSS}</style></head><body>{body}</body></html>")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from clipaudit.studies import backgrounds, dg_cg, domains, similarity
+from clipaudit.studies import backgrounds, dg_cg, domains, noise, similarity
 from clipaudit.studies.config import StudyConfig
 from clipaudit.studies.context import StudyContext
 from clipaudit.studies.ops import EmbeddedOps
@@ -71,12 +71,15 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, *, ops=None, out: str | Non
     try:
         pool = {"manifest": everything}
         sim_job = ctx.similarity_model_job(pool) if _NEEDS_SIMILARITY_MODEL & set(cfg.studies) else None
-        ctx.prefetch([sim_job, ("full", pool, {})] if sim_job else [("full", pool, {})])   # the longer run first
+        # the longer run first; the full model's reruns (training noise) train beside the studies' runs
+        ctx.prefetch(([sim_job] if sim_job else []) + [("full", pool, {})] + noise.jobs(ctx, pool))
         base = {"full": ctx.train("full", pool)}
         for name in sorted(cfg.studies, key=_EXECUTION_RANK.__getitem__):
             ws.study = name
             sections[name] = STUDIES[name](ctx, base)
         sections = {name: sections[name] for name in cfg.studies}
+        ws.study = "training-noise"   # after the studies: their numbers do not depend on it
+        training_noise = noise.run(ctx, base)
     finally:
         ctx.close()
     report = {
@@ -90,6 +93,7 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, *, ops=None, out: str | Non
                    for n, r in ctx.models.items()},
         "studies": sections,
         "findings": [f for s in sections.values() for f in s.get("findings", [])],
+        "training_noise": training_noise,
         "timings": {"total_s": round(time.perf_counter() - t0, 1), "per_study_s": ws.timings(),
                     "steps": [r.__dict__ for r in ws.records]},
     }

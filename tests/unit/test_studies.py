@@ -152,6 +152,43 @@ def test_seed_summary_counts_directions_and_renders_every_finding():
     page = render_seeds_html(summary)
     assert "effect A &gt; 0" in page and "<b>2/3</b>" in page and "<b>0/3</b>" in page
     assert 'href="seed-2/report.html"' in page and "A=-3.0" in page and "702 s" in page
+    assert summary["training_noise"] == [] and "Training noise" not in page
+    noisy = report(0, 2.0, -1.0) | {"training_noise": {"summary": "2 runs ... up to 7.5 points", "max_range_points": 7.5,
+                                                       "max_range_test": "t", "ood_range_points": 3.0,
+                                                       "sets_beyond_image_ci": ["t"], "rows": []}}
+    summary = summarise_seeds([noisy, report(1, 4.0, 1.0)])
+    assert summary["training_noise"] == [{"seed": 0, "summary": "2 runs ... up to 7.5 points", "max_range_points": 7.5,
+                                          "max_range_test": "t", "ood_range_points": 3.0, "sets_beyond_image_ci": ["t"]}]
+    assert "seed 0: 2 runs ... up to 7.5 points" in render_seeds_html(summary)
+
+
+def test_training_noise_measures_the_spread_between_reruns():
+    """Two runs on the same images: one set where the rerun is 30 points better (beyond what
+    sampling 200 images allows), one where both runs agree; pooled groups and the HTML table."""
+    from clipaudit.studies.noise import noise_seeds, summarise
+    from clipaudit.studies.report import _noise_html
+
+    def preds(correct_a, correct_b):
+        rows = [("test_a", f"a{i}", c) for i, c in enumerate(correct_a)] + \
+               [("test_b", f"b{i}", c) for i, c in enumerate(correct_b)]
+        return pd.DataFrame(rows, columns=["test_set", "key", "correct"])
+
+    first = preds([1] * 100 + [0] * 100, [1] * 150 + [0] * 50)
+    rerun = preds([1] * 160 + [0] * 40, [1] * 150 + [0] * 50)   # test_a: +30 points; test_b: the same images right
+    out = summarise({"full": first, "full-t7919": rerun},
+                    {"test_a": ["test_a"], "test_b": ["test_b"], "OOD (pooled)": ["test_a", "test_b"]})
+    a, b, pooled = out["rows"]
+    assert a["acc"]["full"]["acc"] == 0.5 and a["acc"]["full-t7919"]["acc"] == 0.8
+    assert a["range_points"] == pytest.approx(30.0) and a["vs_first"]["full-t7919"]["diff_points"] == pytest.approx(30.0)
+    assert a["beyond_image_ci"] and not b["beyond_image_ci"] and b["range_points"] == 0.0
+    assert pooled["range_points"] == pytest.approx(15.0)
+    assert (out["max_range_points"], out["max_range_test"]) == (pytest.approx(30.0), "test_a")
+    assert out["ood_range_points"] == pytest.approx(15.0) and out["sets_beyond_image_ci"] == ["test_a"]
+    assert "up to 30.0 points on one test set (test_a), 15.0 on the pooled OOD sets" in out["summary"]
+    assert "on 1 of 2 test sets" in out["summary"]
+    page = _noise_html({"seeds": [0, 7919], **out})
+    assert "full-t7919 (seed 7919)" in page and "+30.0 (" in page and page.count('class="no"') == 2   # test_a and the pooled row
+    assert noise_seeds(2, 2) == [2 + 7919, 2 + 2 * 7919] and _noise_html(None) == ""
 
 
 def test_imagenet_style_subset_has_the_asked_common_share():
@@ -215,6 +252,12 @@ def test_all_four_studies_end_to_end_tiny(tmp_path):
     assert len(mech["pairs"]) == 10 and all(p["layers"] for p in mech["pairs"])   # every pair of 5 domains
     s4 = data["studies"]["backgrounds"]
     assert {r["family"] for r in s4["rows"]} == {"CLIP", "supervised"}
+    # training noise: the full model rerun with one other training seed, on every standard test set
+    noise = data["training_noise"]
+    assert noise["seeds"] == [0, 7919] and noise["runs"] == ["full", "full-t7919"]
+    assert data["models"]["full-t7919"]["job_id"] != data["models"]["full"]["job_id"]
+    assert [r["test"] for r in noise["rows"]][-2:] == ["ID (pooled)", "OOD (pooled)"]
+    assert {r["test"] for r in noise["rows"]} >= set(cfg.data.ood_tests) | {cfg.data.common, cfg.data.counter}
     # lineage of subsets: rule, parameters, sizes, hashes
     lin = s2["clean_subsets"]["train-natural"]
     assert lin["rule"] == "domain_filter" and len(lin["keys_sha256"]) == 64 and lin["count"] > 0
