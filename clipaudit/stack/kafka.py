@@ -36,8 +36,12 @@ JVM_FLAGS = [
 
 
 def new_cluster_id() -> str:
-    """A KRaft cluster id: URL-safe base64 of 16 random bytes, no padding."""
-    return base64.urlsafe_b64encode(secrets.token_bytes(16)).decode().rstrip("=")
+    """A KRaft cluster id: URL-safe base64 of 16 random bytes, no padding, never starting with
+    "-" (one in 64 would, and a command line reads it as an option; Kafka's own Uuid draws again too)."""
+    while True:
+        cid = base64.urlsafe_b64encode(secrets.token_bytes(16)).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 class KafkaServer(Server):
@@ -118,7 +122,8 @@ class KafkaServer(Server):
         if (self.data_dir / "meta.properties").exists():
             return
         argv = self._java(tools, "kafka.tools.StorageTool", "format", "--standalone",
-                          "-t", self.cluster_id(), "-c", str(self.properties_file))
+                          f"--cluster-id={self.cluster_id()}",   # '=': an id saved with a leading '-' stays a value
+                          "-c", str(self.properties_file))
         proc = subprocess.run(argv, cwd=self.dir, capture_output=True, text=True)
         with self.log_file.open("a") as log:
             log.write(proc.stdout + proc.stderr)

@@ -168,7 +168,8 @@ def test_port_in_use_fails_with_one_clear_line(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_restart_keeps_data(tmp_path: Path) -> None:
-    """down then up on the same state dir restarts Kafka (formatted once) and MinIO with their data."""
+    """down then up on the same state dir restarts Kafka (formatted once) and MinIO with their data.
+    The saved cluster id starts with '-' (one new id in 64 did, and formatting read it as an option)."""
     from kafka import KafkaConsumer, KafkaProducer
 
     ports = [_free_port() for _ in range(4)]
@@ -176,8 +177,12 @@ def test_restart_keeps_data(tmp_path: Path) -> None:
         state_dir=tmp_path, kafka_port=ports[0], kafka_controller_port=ports[1],
         minio_port=ports[2], prometheus_port=ports[3], s3_bucket="restart",
     )
+    (tmp_path / "kafka").mkdir(parents=True)
+    (tmp_path / "kafka" / "cluster_id").write_text("-ryGlvvnV0w9X8a8GrohwA\n")
     try:
         assert {i["action"] for i in up(settings).values()} == {"started"}
+        meta = next((tmp_path / "kafka").rglob("meta.properties")).read_text()
+        assert "cluster.id=-ryGlvvnV0w9X8a8GrohwA" in meta
         producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
         producer.send("restart", value=b"kept").get(timeout=30)
         producer.close()
