@@ -125,6 +125,13 @@ class DgCgStudy(_Strict):
                     "t-interval over seeds (a single run's interval covers its test images, not the run-to-run "
                     "spread, which on the demo's budget is as large as the effects); default: the study's seed")
 
+    class_folds: Literal[1, 2] = Field(
+        1,
+        description="2: study 3 runs a second time with the complement of the held-out classes held out (natural-only "
+                    "and leave-out-domain do not depend on them and are shared), and every DG/CG verdict pools the "
+                    "two folds' images, so each class is held out once. One fold of 5 classes decides a verdict on 5 "
+                    "per-class outcomes, which move with the training seed; about 6 more runs per training seed")
+
     @field_validator("training_seeds")
     @classmethod
     def _distinct_seeds(cls, v):

@@ -20,11 +20,18 @@ the other classes inside one model would mix class difficulty into the answer.
 same data with another seed moves its held-out accuracy by as much as the effects (on the
 demo's budget), so with several seeds each verdict rests on the mean effect and a
 t-interval over seeds rather than on one run's interval over test images.
+
+``class_folds: 2`` runs the study a second time with the other classes held out (natural-only
+and leave-out-domain do not depend on the held-out classes, so both folds share them) and pools
+the two folds' images in every DG/CG verdict and in the per-domain CG high accuracies: each class
+is held out once, so a verdict no longer rests on the few per-class outcomes of one fold, which
+move with the training seed. The table, the contribution curve and the CKA are the first fold's.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from clipaudit.errors import InvalidInput
 from clipaudit.studies.context import (StudyContext, accuracy, direction, finding, independent_difference,
@@ -40,51 +47,30 @@ def run(ctx: StudyContext, base: dict) -> dict:
     meta = ctx.metadata(d.train)
     test_D = f"test_{D}"
     others = [r for r in renditions if r != D]
+    folds = class_folds(C, list(coll.classes), cfg.class_folds)
+    tags = ["" if f == 0 else f"-f{f}" for f in range(len(folds))]   # the first fold keeps the plain names
 
     def keys(mask) -> list[str]:
         return meta.loc[mask, "key"].astype(str).tolist()
 
-    def renditions_without_c_in(dom: str):   # CG high's renditions: every domain, C removed from ``dom`` only
-        return meta["domain"].isin(renditions) & ~((meta["domain"] == dom) & meta["class"].isin(C))
+    def renditions_without(classes, dom: str):   # CG high's renditions: every domain, ``classes`` removed from ``dom`` only
+        return meta["domain"].isin(renditions) & ~((meta["domain"] == dom) & meta["class"].isin(classes))
 
     real = keys(meta["domain"] == "natural")
-    d_minus_c = keys((meta["domain"] == D) & ~meta["class"].isin(C))
-    d_all = keys(meta["domain"] == D)
     other_r = keys(meta["domain"].isin(others))
-    all_r_minus_c = keys(renditions_without_c_in(D))
     N = cfg.size or len(real)
-    n_dc, n_other = len(d_minus_c), len(other_r)
-    if n_dc == 0 or n_other == 0 or N > len(real) or len(all_r_minus_c) >= N:
-        raise InvalidInput(f"dg_cg needs {D} images outside the held-out classes, other rendition domains and a "
-                           f"mixture size above the renditions of CG high and within the natural images; the pool "
-                           f"has {n_dc}, {n_other} (CG high: {len(all_r_minus_c)} renditions) and {len(real)} natural, "
-                           f"the size is {N}")
-    m = {
-        "real": ctx.manifest("s3-real", real, rule="domain-split", parameters={"domain": "natural"}),
-        "d_minus_c": ctx.manifest("s3-d-minus-c", d_minus_c, rule="domain-split",
-                                  parameters={"domain": D, "without_classes": C}),
-        "d_all": ctx.manifest("s3-d-all", d_all, rule="domain-split", parameters={"domain": D}),
-        "others": ctx.manifest("s3-other-renditions", other_r, rule="domain-split", parameters={"domains": others}),
-        "all_minus_c": ctx.manifest("s3-all-renditions-minus-c", all_r_minus_c, rule="domain-split",
-                                    parameters={"domains": renditions, "without_classes_in": D, "classes": C}),
-    }
+    m_real = ctx.manifest("s3-real", real, rule="domain-split", parameters={"domain": "natural"})
+    m_others = ctx.manifest("s3-other-renditions", other_r, rule="domain-split", parameters={"domains": others})
+    d_all = keys(meta["domain"] == D)
+    m_d_all = ctx.manifest("s3-d-all", d_all, rule="domain-split", parameters={"domain": D})
 
     def with_real(manifest: str, size: int, name: str, count: int | None = None) -> list[dict]:
         """A rendition component of ``size`` keys in full (or ``count`` of them), natural images filling
         the mixture to N: every mixture has the same size and differs from natural-only only in what
         replaces real images."""
-        return [{"manifest": m["real"], "count": N - (size if count is None else count), "name": "real"},
+        return [{"manifest": m_real, "count": N - (size if count is None else count), "name": "real"},
                 {"manifest": manifest, "count": count, "name": name}]
 
-    # the paper's mixtures (STUDIES.md): rendition domains enter whole, the natural part is subsampled
-    # to equal size; CG high holds CG low's D-without-C and adds every other domain
-    mixes = {
-        "natural-only": [{"manifest": m["real"], "count": N, "name": "real"}],
-        "leave-out-domain": with_real(m["others"], n_other, "other-renditions"),
-        "cg-low": with_real(m["d_minus_c"], n_dc, f"{D}-minus-C"),
-        "cg-high": with_real(m["all_minus_c"], len(all_r_minus_c), "renditions-minus-C-in-D"),
-        "seen-in-domain": with_real(m["d_all"], len(d_all), D, n_dc),   # like CG low, but C drawn in D too
-    }
     # CG high-diversity per domain (STUDIES.md: "Quickdraw fails on unseen classes"): for each listed
     # domain, every rendition domain with the held-out classes removed from that domain only
     cg_doms = list(dict.fromkeys(cfg.cg_domains if cfg.cg_domains is not None
@@ -94,18 +80,47 @@ def run(ctx: StudyContext, base: dict) -> dict:
     if bad:
         raise InvalidInput(f"dg_cg.cg_domains {bad} need to be rendition domains of the pool "
                            f"({', '.join(renditions)}) with a test set test_<domain> among the test sets")
-    cg_mixes = {}
-    for dom in cg_doms:
-        if dom == D:
-            continue   # the study's own CG high run
-        ks = keys(renditions_without_c_in(dom))
-        if len(ks) >= N:
-            raise InvalidInput(f"dg_cg.cg_domains: CG high for {dom} holds {len(ks)} renditions, not fewer than the "
-                               f"mixture size {N}")
-        man = ctx.manifest(f"s3-all-renditions-minus-c-in-{dom}", ks, rule="domain-split",
-                           parameters={"domains": renditions, "without_classes_in": dom, "classes": C})
-        cg_mixes[f"s3-cg-high-{dom}"] = {"mixture": with_real(man, len(ks), f"renditions-minus-C-in-{dom}")}
-    # per-domain contribution: real + domains added one by one (C removed from D), in full, equal size
+
+    def design(Cf: list[str], tag: str) -> dict:
+        """One class fold's manifests and mixtures: ``Cf`` held out of the test domain."""
+        d_minus_c = keys((meta["domain"] == D) & ~meta["class"].isin(Cf))
+        all_r_minus_c = keys(renditions_without(Cf, D))
+        n_dc = len(d_minus_c)
+        if n_dc == 0 or len(other_r) == 0 or N > len(real) or len(all_r_minus_c) >= N:
+            raise InvalidInput(f"dg_cg needs {D} images outside the held-out classes, other rendition domains and a "
+                               f"mixture size above the renditions of CG high and within the natural images; the pool "
+                               f"has {n_dc}, {len(other_r)} (CG high: {len(all_r_minus_c)} renditions) and {len(real)} "
+                               f"natural, the size is {N}")
+        m = {"real": m_real, "others": m_others, "d_all": m_d_all,
+             "d_minus_c": ctx.manifest(f"s3-d-minus-c{tag}", d_minus_c, rule="domain-split",
+                                       parameters={"domain": D, "without_classes": Cf}),
+             "all_minus_c": ctx.manifest(f"s3-all-renditions-minus-c{tag}", all_r_minus_c, rule="domain-split",
+                                         parameters={"domains": renditions, "without_classes_in": D, "classes": Cf})}
+        # the paper's mixtures (STUDIES.md): rendition domains enter whole, the natural part is subsampled
+        # to equal size; CG high holds CG low's D-without-C and adds every other domain
+        mixes = {
+            "natural-only": [{"manifest": m_real, "count": N, "name": "real"}],
+            "leave-out-domain": with_real(m_others, len(other_r), "other-renditions"),
+            "cg-low": with_real(m["d_minus_c"], n_dc, f"{D}-minus-C"),
+            "cg-high": with_real(m["all_minus_c"], len(all_r_minus_c), "renditions-minus-C-in-D"),
+            "seen-in-domain": with_real(m_d_all, len(d_all), D, n_dc),   # like CG low, but C drawn in D too
+        }
+        cg_mixes = {}
+        for dom in cg_doms:
+            if dom == D:
+                continue   # the study's own CG high run
+            ks = keys(renditions_without(Cf, dom))
+            if len(ks) >= N:
+                raise InvalidInput(f"dg_cg.cg_domains: CG high for {dom} holds {len(ks)} renditions, not fewer than "
+                                   f"the mixture size {N}")
+            man = ctx.manifest(f"s3-all-renditions-minus-c-in-{dom}{tag}", ks, rule="domain-split",
+                               parameters={"domains": renditions, "without_classes_in": dom, "classes": Cf})
+            cg_mixes[f"s3-cg-high-{dom}{tag}"] = {"mixture": with_real(man, len(ks), f"renditions-minus-C-in-{dom}")}
+        return {"classes": Cf, "tag": tag, "manifests": m, "mixes": mixes, "cg_mixes": cg_mixes}
+
+    designs = [design(Cf, tag) for Cf, tag in zip(folds, tags)]
+    m, mixes = designs[0]["manifests"], designs[0]["mixes"]
+    # per-domain contribution (the first fold): real + domains added one by one (C removed from D), in full
     contrib_rows, adds = [], []
     added: list[str] = []
     for dom in [D, *others]:
@@ -117,26 +132,30 @@ def run(ctx: StudyContext, base: dict) -> dict:
         name = f"s3-add-{len(added)}"
         adds.append((name, {"mixture": with_real(man, len(ks), "+".join(added))}))
         contrib_rows.append({"name": name, "domains": list(added), "renditions": len(ks)})
-    # the five mixtures once per training seed (the first seed's runs keep the plain names, so a config
-    # without training_seeds is the one-seed study); the per-domain contribution is the first seed's
+    # the five mixtures once per training seed and class fold (the first seed's runs of the first fold keep
+    # the plain names, so a config without training_seeds and class_folds is the one-seed, one-fold study);
+    # the per-domain contribution is the first seed's, the per-domain CG high runs are the first seed's
     seeds = list(cfg.training_seeds or [ctx.seed])
 
-    def label(name: str, s: int) -> str:
-        return f"s3-{name}" if s == seeds[0] else f"s3-{name}-t{s}"
+    def label(name: str, s: int, f: int = 0) -> str:
+        return f"s3-{name}{tags[f]}" if s == seeds[0] else f"s3-{name}{tags[f]}-t{s}"
 
-    ctx.prefetch([(label(n, s), {"mixture": c}, {"seed": s}) for s in seeds for n, c in mixes.items()]
-                 + [(n, sub, {"seed": seeds[0]}) for n, sub in [*adds, *cg_mixes.items()]])
-    replicate_runs = {s: {name: ctx.train(label(name, s), {"mixture": comps}, seed=s) for name, comps in mixes.items()}
+    cg_all = [item for dz in designs for item in dz["cg_mixes"].items()]
+    ctx.prefetch([(label(n, s, f), {"mixture": c}, {"seed": s})
+                  for s in seeds for f, dz in enumerate(designs) for n, c in dz["mixes"].items()]
+                 + [(n, sub, {"seed": seeds[0]}) for n, sub in [*adds, *cg_all]])
+    replicate_runs = {s: [{name: ctx.train(label(name, s, f), {"mixture": comps}, seed=s)
+                           for name, comps in dz["mixes"].items()} for f, dz in enumerate(designs)]
                       for s in seeds}
-    replicate_evals = {s: {n: ctx.evaluate_standard(label(n, s), r) for n, r in rs.items()}
-                       for s, rs in replicate_runs.items()}
-    runs, evals = dict(replicate_runs[seeds[0]]), dict(replicate_evals[seeds[0]])
-    for name, sub in [*adds, *cg_mixes.items()]:
+    replicate_evals = {s: [{n: ctx.evaluate_standard(label(n, s, f), r) for n, r in rs.items()}
+                           for f, rs in enumerate(by_fold)] for s, by_fold in replicate_runs.items()}
+    runs, evals = dict(replicate_runs[seeds[0]][0]), dict(replicate_evals[seeds[0]][0])
+    for name, sub in [*adds, *cg_all]:
         runs[name] = ctx.train(name, sub, seed=seeds[0])
         evals[name] = ctx.evaluate_standard(name, runs[name])
 
-    def in_dc(p):   # D's images of the held-out classes C: every DG/CG number is measured on them
-        return (p["test_set"] == test_D) & p["class"].isin(C)
+    def in_dc(p, classes=C):   # D's images of held-out classes: every DG/CG number is measured on them
+        return (p["test_set"] == test_D) & p["class"].isin(classes)
 
     def acc_dc(p):
         return accuracy(p, in_dc(p))
@@ -149,18 +168,27 @@ def run(ctx: StudyContext, base: dict) -> dict:
              for n, p in evals.items()}
     for row in contrib_rows:
         row["accuracy"] = table[row["name"]]
+
+    def pooled(frames: list[pd.DataFrame], test_set: str) -> pd.DataFrame:
+        """Each fold's predictions on ``test_set``'s images of that fold's held-out classes, together."""
+        return pd.concat([p[in_dc(p, folds[f]) if test_set == test_D else
+                            (p["test_set"] == test_set) & p["class"].isin(folds[f])] for f, p in enumerate(frames)],
+                         ignore_index=True)
+
     cg_per_domain = []
+    first = replicate_evals[seeds[0]]
     for dom in cg_doms:
-        name = "cg-high" if dom == D else f"s3-cg-high-{dom}"
-        on_dom = evals[name]["test_set"] == _test_set_of(dom)
-        no = evals["natural-only"]
+        names = ["cg-high" if dom == D else f"s3-cg-high-{dom}{tags[f]}" for f in range(len(folds))]
+        high = pooled([first[f][n] if dom == D else evals[n] for f, n in enumerate(names)], _test_set_of(dom))
+        nat = pooled([first[f]["natural-only"] for f in range(len(folds))], _test_set_of(dom))
+        on_dom = evals[names[0]]["test_set"] == _test_set_of(dom)
         cg_per_domain.append({
-            "domain": dom, "run": label("cg-high", seeds[0]) if dom == D else name,
-            "heldout_classes": accuracy(evals[name], on_dom & evals[name]["class"].isin(C)),
-            "seen_classes": accuracy(evals[name], on_dom & ~evals[name]["class"].isin(C)),
-            "natural_only_heldout_classes": accuracy(no, (no["test_set"] == _test_set_of(dom)) & no["class"].isin(C)),
+            "domain": dom, "run": label("cg-high", seeds[0]) if dom == D else names[0],
+            "heldout_classes": accuracy(high),
+            "seen_classes": accuracy(evals[names[0]], on_dom & ~evals[names[0]]["class"].isin(C)),
+            "natural_only_heldout_classes": accuracy(nat),
             # which held-out classes the domain fails on (a verdict can follow the classes more than the domain)
-            "heldout_per_class": {c: accuracy(evals[name], on_dom & (evals[name]["class"] == c))["acc"] for c in C},
+            "heldout_per_class": {c: accuracy(high, high["class"] == c)["acc"] for f in folds for c in f},
         })
 
     # mechanistic similarity between every pair of domains, per layer (the CG high-diversity model, which
@@ -173,22 +201,27 @@ def run(ctx: StudyContext, base: dict) -> dict:
         mech = ctx.report_json(ev).get("mechanistic")
 
     findings = []
-    dc = {s: {n: p[in_dc(p)] for n, p in by_name.items()} for s, by_name in replicate_evals.items()}
+    # per training seed and mixture: D's images of the held-out classes, every class fold's together
+    dc = {s: {n: pooled([by_fold[f][n] for f in range(len(folds))], test_D) for n in mixes}
+          for s, by_fold in replicate_evals.items()}
 
     def diff(a, b):
         return over_replicates([paired_difference(dc[s][a], dc[s][b], seed=ctx.seed) for s in seeds])
+    where = f"on {D} images of held-out classes" + (
+        f" ({len(folds)} class folds pooled: {' | '.join(', '.join(f) for f in folds)}; each class held out once)"
+        if len(folds) > 1 else "")
     dg = diff("leave-out-domain", "natural-only")
     findings.append(finding("dg_cg", "more domain diversity helps domain generalisation (leave-out-domain vs natural-only)",
                             direction(dg["ci"]), dg["diff_points"],
-                            f"on {D} images of held-out classes: {_fmt_pts(dg)}"))
+                            f"{where}: {_fmt_pts(dg)}"))
     cg = diff("cg-high", "cg-low")
     findings.append(finding("dg_cg", "more domain diversity helps compositional generalisation (CG high vs low)",
                             direction(cg["ci"]), cg["diff_points"],
-                            f"on {D} images of held-out classes: {_fmt_pts(cg)}"))
+                            f"{where}: {_fmt_pts(cg)}"))
     weaker = diff("leave-out-domain", "cg-low")
     findings.append(finding("dg_cg", "compositional generalisation is weaker than domain generalisation (leave-out-domain vs CG low)",
                             direction(weaker["ci"]), weaker["diff_points"],
-                            f"on {D} images of held-out classes, a model that never saw {D} minus one that saw {D} "
+                            f"{where}, a model that never saw {D} minus one that saw {D} "
                             f"without those classes: {_fmt_pts(weaker)} (STUDIES.md: CG can be weaker than DG when "
                             f"training holds a subset of the test domain)"))
     seen = table["cg-low"]["D_seen_classes"]["acc"]
@@ -196,9 +229,9 @@ def run(ctx: StudyContext, base: dict) -> dict:
     unseen = diff("seen-in-domain", "cg-low")
     findings.append(finding("dg_cg", "generalising to unseen classes in a seen domain is harder than to seen classes",
                             direction(unseen["ci"]), unseen["diff_points"],
-                            f"{D} images of the held-out classes: a model that saw them drawn in {D} minus the CG "
+                            f"{where}: a model that saw them drawn in {D} minus the CG "
                             f"low-diversity model that did not: {_fmt_pts(unseen)} (same images, same mixture size); "
-                            f"inside the CG low model, {D} seen classes {_pct(seen)} vs held-out {_pct(held)} "
+                            f"inside the (first fold's) CG low model, {D} seen classes {_pct(seen)} vs held-out {_pct(held)} "
                             f"(different classes, so class difficulty is mixed in)"))
     cka = mean_cka_per_domain(mech)
     if cka and "quickdraw" in cka:
@@ -213,7 +246,7 @@ def run(ctx: StudyContext, base: dict) -> dict:
             + ("; with natural images alone: " + ", ".join(
                 f"{k} {v:.2f}" for k, v in sorted(with_natural.items(), key=lambda kv: kv[1])
                 if v is not None) if with_natural else "")))
-    fails = _quickdraw_fails_finding(cg_per_domain, n_classes=len(coll.classes))
+    fails = _quickdraw_fails_finding(cg_per_domain, n_classes=len(coll.classes), folds=len(folds))
     if fails:
         findings.append(fails)
     return {
@@ -224,15 +257,18 @@ def run(ctx: StudyContext, base: dict) -> dict:
         "manifests": {k: ctx.lineage(u) for k, u in m.items()},
         "accuracy": table, "contribution": contrib_rows, "mechanistic": mech, "findings": findings,
         # CG high-diversity per domain (the first training seed): accuracy on that domain's images of the
-        # held-out classes, of its seen classes, and natural-only's on the same held-out images
+        # held-out classes (every class fold's), of the first fold's seen classes, and natural-only's on the
+        # same held-out images
         "cg_per_domain": cg_per_domain,
         "training_seeds": seeds,
-        # held-out-class accuracy on D of every mixture, one value per training seed
-        "replicates": {n: [acc_dc(replicate_evals[s][n])["acc"] for s in seeds] for n in mixes},
+        # the held-out classes of each fold (``class_folds``); the first is ``held_out_classes``
+        "class_folds": folds,
+        # held-out-class accuracy on D of every mixture, one value per training seed (every fold's images)
+        "replicates": {n: [accuracy(dc[s][n])["acc"] for s in seeds] for n in mixes},
     }
 
 
-def _quickdraw_fails_finding(rows: list[dict], n_classes: int) -> dict | None:
+def _quickdraw_fails_finding(rows: list[dict], n_classes: int, folds: int = 1) -> dict | None:
     """Quickdraw's CG high-diversity accuracy on its held-out classes against the lowest
     other domain's (different images: an unpaired interval); None without quickdraw and
     another domain."""
@@ -253,8 +289,22 @@ def _quickdraw_fails_finding(rows: list[dict], n_classes: int) -> dict | None:
         + ", ".join(f"{c} {_pct(a)}" for c, a in sorted((by_dom["quickdraw"].get("heldout_per_class") or {}).items(),
                                                          key=lambda kv: -1 if kv[1] is None else kv[1]))
         + f"; the lowest other domain ({nxt}) minus quickdraw: "
-        f"{gap['diff_points']:+.1f} points (95% CI {gap['ci'][0]:+.1f}..{gap['ci'][1]:+.1f}; one training run each, "
-        f"different images)")
+        f"{gap['diff_points']:+.1f} points (95% CI {gap['ci'][0]:+.1f}..{gap['ci'][1]:+.1f}; one training run each"
+        + (f" per class fold, {folds} folds pooled" if folds > 1 else "") + ", different images)")
+
+
+def class_folds(held_out: list[str], classes: list[str], n: int) -> list[list[str]]:
+    """The held-out classes of each fold: ``held_out`` alone (``n`` 1), or it and the other classes of
+    the collection (``n`` 2), so that every class is held out once."""
+    unknown = [c for c in held_out if c not in classes]
+    if unknown:
+        raise InvalidInput(f"dg_cg.held_out_classes {unknown} are not classes of the collection ({', '.join(classes)})")
+    if n == 1:
+        return [list(held_out)]
+    rest = [c for c in classes if c not in held_out]
+    if not rest:
+        raise InvalidInput("dg_cg.class_folds 2 needs classes outside the held-out ones for the second fold")
+    return [list(held_out), rest]
 
 
 def _test_set_of(domain: str) -> str:

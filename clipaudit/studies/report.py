@@ -442,7 +442,10 @@ def render_html(report: dict) -> str:
         s3 = s["dg_cg"]
         parts.append(_section("Study 3 — domain vs compositional generalisation", [
             f"<p>Test domain <b>{_e(s3['test_domain'])}</b>, held-out classes {_e(', '.join(s3['held_out_classes']))}; "
-            f"every mixture has {s3['size']} images; renditions in each: "
+            + (f"a second class fold holds out {_e(', '.join(s3['class_folds'][1]))}, and the DG/CG verdicts and "
+               "the per-domain CG bars pool both folds' images (the other plots show the first fold); "
+               if len(s3.get("class_folds") or []) > 1 else "")
+            + f"every mixture has {s3['size']} images; renditions in each: "
             + _e(", ".join(f"{k} {v}" for k, v in (s3.get("renditions_per_mixture") or {}).items())) + "; "
             + (f"every mixture trained once per training seed ({_e(', '.join(map(str, s3['training_seeds'])))}), "
                "verdicts over seeds.</p>" if len(s3.get("training_seeds") or []) > 1 else

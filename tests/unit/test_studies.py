@@ -369,3 +369,45 @@ def test_dg_cg_with_training_seeds_trains_every_mixture_per_seed(tmp_path):
     assert sum("domain generalisation" in c or "compositional" in c for c in claims) == 3   # DG, CG, CG weaker than DG
     weaker = next(f for f in report["findings"] if f["claim"].startswith("compositional generalisation is weaker"))
     assert weaker["value"] == pytest.approx(np.mean([(r["leave-out-domain"][i] - r["cg-low"][i]) * 100 for i in range(2)]))
+
+
+def test_class_folds_hold_out_the_complement_and_reject_what_they_cannot_fold():
+    from clipaudit.studies.dg_cg import class_folds
+
+    classes = ["a", "b", "c", "d"]
+    assert class_folds(["b", "d"], classes, 1) == [["b", "d"]]
+    assert class_folds(["b", "d"], classes, 2) == [["b", "d"], ["a", "c"]]
+    with pytest.raises(InvalidInput, match="not classes of the collection"):
+        class_folds(["b", "zebra"], classes, 2)
+    with pytest.raises(InvalidInput, match="needs classes outside"):
+        class_folds(classes, classes, 2)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_dg_cg_with_two_class_folds_pools_every_class_of_the_test_domain(tmp_path):
+    from clipaudit.studies.runner import run_study
+    from clipaudit.synth.collection import Collection
+
+    cfg = load_config("demo", **TINY, studies=["dg_cg"], **{"dg_cg.class_folds": 2,
+                                                           "dg_cg.mechanistic_domains": ["natural", "sketch"]})
+    report = run_study(cfg, tmp_path / "run")
+    s3, models = report["studies"]["dg_cg"], report["models"]
+    first, second = s3["class_folds"]
+    classes = Collection.load(report["collection"]["location"]).classes
+    assert first == s3["held_out_classes"] and sorted(first + second) == sorted(classes) and not set(first) & set(second)
+    # the second fold trains its own CG runs; natural-only and leave-out-domain do not depend on the
+    # held-out classes, so both folds share those two runs
+    for m in ["cg-low", "cg-high", "seen-in-domain", "cg-high-quickdraw"]:
+        assert f"s3-{m}-f1" in models and models[f"s3-{m}-f1"]["job_id"] != models[f"s3-{m}"]["job_id"]
+    for m in ["natural-only", "leave-out-domain"]:
+        assert models[f"s3-{m}-f1"]["job_id"] == models[f"s3-{m}"]["job_id"]
+    # with every class held out once, each verdict is paired over every image of the test domain
+    n_sketch = report["collection"]["splits"]["test_sketch"]
+    for claim in ("more domain diversity helps domain generalisation", "more domain diversity helps compositional",
+                  "compositional generalisation is weaker", "generalising to unseen classes"):
+        f = next(f for f in report["findings"] if f["claim"].startswith(claim))
+        assert f"n={n_sketch})" in f["detail"] and "2 class folds pooled" in f["detail"], f["detail"]
+    qd = next(r for r in s3["cg_per_domain"] if r["domain"] == "quickdraw")
+    assert set(qd["heldout_per_class"]) == set(first) | set(second)
+    assert qd["heldout_classes"]["n"] == report["collection"]["splits"]["test_quickdraw"]
