@@ -254,7 +254,9 @@ def run(ctx: StudyContext, base: dict) -> dict:
         "renditions_per_mixture": {n: N - comps[0]["count"] for n, comps in mixes.items()},
         "mixtures": {n: {"components": comps, "counts": runs[n]["resolved_counts"]}
                      for n, comps in mixes.items()},
-        "manifests": {k: ctx.lineage(u) for k, u in m.items()},
+        # every subset's lineage; a second fold's own manifests carry its suffix (-f1)
+        "manifests": {f"{k}{dz['tag']}": ctx.lineage(u) for dz in designs for k, u in dz["manifests"].items()
+                      if not dz["tag"] or k in ("d_minus_c", "all_minus_c")},
         "accuracy": table, "contribution": contrib_rows, "mechanistic": mech, "findings": findings,
         # CG high-diversity per domain (the first training seed): accuracy on that domain's images of the
         # held-out classes (every class fold's), of the first fold's seen classes, and natural-only's on the

@@ -408,6 +408,8 @@ def test_dg_cg_with_two_class_folds_pools_every_class_of_the_test_domain(tmp_pat
                   "compositional generalisation is weaker", "generalising to unseen classes"):
         f = next(f for f in report["findings"] if f["claim"].startswith(claim))
         assert f"n={n_sketch})" in f["detail"] and "2 class folds pooled" in f["detail"], f["detail"]
+    # the second fold's subsets have their own lineage, holding out its classes
+    assert s3["manifests"]["d_minus_c-f1"]["parameters"]["without_classes"] == second
     qd = next(r for r in s3["cg_per_domain"] if r["domain"] == "quickdraw")
     assert set(qd["heldout_per_class"]) == set(first) | set(second)
     assert qd["heldout_classes"]["n"] == report["collection"]["splits"]["test_quickdraw"]
