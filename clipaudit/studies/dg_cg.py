@@ -154,8 +154,8 @@ def run(ctx: StudyContext, base: dict) -> dict:
         runs[name] = ctx.train(name, sub, seed=seeds[0])
         evals[name] = ctx.evaluate_standard(name, runs[name])
 
-    def in_dc(p, classes=C):   # D's images of held-out classes: every DG/CG number is measured on them
-        return (p["test_set"] == test_D) & p["class"].isin(classes)
+    def in_dc(p):   # D's images of the held-out classes C: every DG/CG number is measured on them
+        return (p["test_set"] == test_D) & p["class"].isin(C)
 
     def acc_dc(p):
         return accuracy(p, in_dc(p))
@@ -171,8 +171,7 @@ def run(ctx: StudyContext, base: dict) -> dict:
 
     def pooled(frames: list[pd.DataFrame], test_set: str) -> pd.DataFrame:
         """Each fold's predictions on ``test_set``'s images of that fold's held-out classes, together."""
-        return pd.concat([p[in_dc(p, folds[f]) if test_set == test_D else
-                            (p["test_set"] == test_set) & p["class"].isin(folds[f])] for f, p in enumerate(frames)],
+        return pd.concat([p[(p["test_set"] == test_set) & p["class"].isin(folds[f])] for f, p in enumerate(frames)],
                          ignore_index=True)
 
     cg_per_domain = []
