@@ -91,8 +91,7 @@ def run(ctx: StudyContext, base: dict) -> dict:
                                f"mixture size above the renditions of CG high and within the natural images; the pool "
                                f"has {n_dc}, {len(other_r)} (CG high: {len(all_r_minus_c)} renditions) and {len(real)} "
                                f"natural, the size is {N}")
-        m = {"real": m_real, "others": m_others, "d_all": m_d_all,
-             "d_minus_c": ctx.manifest(f"s3-d-minus-c{tag}", d_minus_c, rule="domain-split",
+        own = {"d_minus_c": ctx.manifest(f"s3-d-minus-c{tag}", d_minus_c, rule="domain-split",
                                        parameters={"domain": D, "without_classes": Cf}),
              "all_minus_c": ctx.manifest(f"s3-all-renditions-minus-c{tag}", all_r_minus_c, rule="domain-split",
                                          parameters={"domains": renditions, "without_classes_in": D, "classes": Cf})}
@@ -101,8 +100,8 @@ def run(ctx: StudyContext, base: dict) -> dict:
         mixes = {
             "natural-only": [{"manifest": m_real, "count": N, "name": "real"}],
             "leave-out-domain": with_real(m_others, len(other_r), "other-renditions"),
-            "cg-low": with_real(m["d_minus_c"], n_dc, f"{D}-minus-C"),
-            "cg-high": with_real(m["all_minus_c"], len(all_r_minus_c), "renditions-minus-C-in-D"),
+            "cg-low": with_real(own["d_minus_c"], n_dc, f"{D}-minus-C"),
+            "cg-high": with_real(own["all_minus_c"], len(all_r_minus_c), "renditions-minus-C-in-D"),
             "seen-in-domain": with_real(m_d_all, len(d_all), D, n_dc),   # like CG low, but C drawn in D too
         }
         cg_mixes = {}
@@ -116,10 +115,13 @@ def run(ctx: StudyContext, base: dict) -> dict:
             man = ctx.manifest(f"s3-all-renditions-minus-c-in-{dom}{tag}", ks, rule="domain-split",
                                parameters={"domains": renditions, "without_classes_in": dom, "classes": Cf})
             cg_mixes[f"s3-cg-high-{dom}{tag}"] = {"mixture": with_real(man, len(ks), f"renditions-minus-C-in-{dom}")}
-        return {"classes": Cf, "tag": tag, "manifests": m, "mixes": mixes, "cg_mixes": cg_mixes}
+        return {"manifests": own, "mixes": mixes, "cg_mixes": cg_mixes}
 
     designs = [design(Cf, tag) for Cf, tag in zip(folds, tags)]
-    m, mixes = designs[0]["manifests"], designs[0]["mixes"]
+    mixes = designs[0]["mixes"]
+    # every subset's lineage: the folds' shared ones, then each fold's own (a second fold's carry -f1)
+    manifests = {"real": m_real, "others": m_others, "d_all": m_d_all,
+                 **{f"{k}{tag}": u for dz, tag in zip(designs, tags) for k, u in dz["manifests"].items()}}
     # per-domain contribution (the first fold): real + domains added one by one (C removed from D), in full
     contrib_rows, adds = [], []
     added: list[str] = []
@@ -253,9 +255,7 @@ def run(ctx: StudyContext, base: dict) -> dict:
         "renditions_per_mixture": {n: N - comps[0]["count"] for n, comps in mixes.items()},
         "mixtures": {n: {"components": comps, "counts": runs[n]["resolved_counts"]}
                      for n, comps in mixes.items()},
-        # every subset's lineage; a second fold's own manifests carry its suffix (-f1)
-        "manifests": {f"{k}{dz['tag']}": ctx.lineage(u) for dz in designs for k, u in dz["manifests"].items()
-                      if not dz["tag"] or k in ("d_minus_c", "all_minus_c")},
+        "manifests": {k: ctx.lineage(u) for k, u in manifests.items()},
         "accuracy": table, "contribution": contrib_rows, "mechanistic": mech, "findings": findings,
         # CG high-diversity per domain (the first training seed): accuracy on that domain's images of the
         # held-out classes (every class fold's), of the first fold's seen classes, and natural-only's on the
