@@ -206,7 +206,15 @@ def run(ctx: StudyContext, base: dict) -> dict:
     dc = {s: {n: pooled([by_fold[f][n] for f in range(len(folds))], test_D) for n in mixes}
           for s, by_fold in replicate_evals.items()}
 
+    every_held_out = [c for f in folds for c in f]
+    # each held-out class on its own (mean over training seeds): a verdict on a few classes can rest on one or two
+    per_class = {n: {c: _mean([accuracy(dc[s][n], dc[s][n]["class"] == c)["acc"] for s in seeds])
+                     for c in every_held_out}
+                 for n in mixes}
+    effects = {}
+
     def diff(a, b):
+        effects[f"{a} - {b}"] = {c: _points(per_class[a][c], per_class[b][c]) for c in every_held_out}
         return over_replicates([paired_difference(dc[s][a], dc[s][b], seed=ctx.seed) for s in seeds])
     where = f"on {D} images of held-out classes" + (
         f" ({len(folds)} class folds pooled: {' | '.join(', '.join(f) for f in folds)}; each class held out once)"
@@ -214,17 +222,18 @@ def run(ctx: StudyContext, base: dict) -> dict:
     dg = diff("leave-out-domain", "natural-only")
     findings.append(finding("dg_cg", "more domain diversity helps domain generalisation (leave-out-domain vs natural-only)",
                             direction(dg["ci"]), dg["diff_points"],
-                            f"{where}: {_fmt_pts(dg)}"))
+                            f"{where}: {_fmt_pts(dg)}; {_per_class_sentence(effects['leave-out-domain - natural-only'])}"))
     cg = diff("cg-high", "cg-low")
     findings.append(finding("dg_cg", "more domain diversity helps compositional generalisation (CG high vs low)",
                             direction(cg["ci"]), cg["diff_points"],
-                            f"{where}: {_fmt_pts(cg)}"))
+                            f"{where}: {_fmt_pts(cg)}; {_per_class_sentence(effects['cg-high - cg-low'])}"))
     weaker = diff("leave-out-domain", "cg-low")
     findings.append(finding("dg_cg", "compositional generalisation is weaker than domain generalisation (leave-out-domain vs CG low)",
                             direction(weaker["ci"]), weaker["diff_points"],
                             f"{where}, a model that never saw {D} minus one that saw {D} "
                             f"without those classes: {_fmt_pts(weaker)} (STUDIES.md: CG can be weaker than DG when "
-                            f"training holds a subset of the test domain)"))
+                            f"training holds a subset of the test domain); "
+                            f"{_per_class_sentence(effects['leave-out-domain - cg-low'])}"))
     seen = table["cg-low"]["D_seen_classes"]["acc"]
     held = table["cg-low"]["D_heldout_classes"]["acc"]
     unseen = diff("seen-in-domain", "cg-low")
@@ -233,7 +242,8 @@ def run(ctx: StudyContext, base: dict) -> dict:
                             f"{where}: a model that saw them drawn in {D} minus the CG "
                             f"low-diversity model that did not: {_fmt_pts(unseen)} (same images, same mixture size); "
                             f"inside the (first fold's) CG low model, {D} seen classes {_pct(seen)} vs held-out {_pct(held)} "
-                            f"(different classes, so class difficulty is mixed in)"))
+                            f"(different classes, so class difficulty is mixed in); "
+                            f"{_per_class_sentence(effects['seen-in-domain - cg-low'])}"))
     cka = mean_cka_per_domain(mech)
     if cka and "quickdraw" in cka:
         lowest = min(cka, key=cka.get)
@@ -266,6 +276,9 @@ def run(ctx: StudyContext, base: dict) -> dict:
         "class_folds": folds,
         # held-out-class accuracy on D of every mixture, one value per training seed (every fold's images)
         "replicates": {n: [accuracy(dc[s][n])["acc"] for s in seeds] for n in mixes},
+        # per held-out class (mean over training seeds): every mixture's accuracy on D's images of the
+        # class, and each verdict's difference in points ("a - b", the mixtures it compares)
+        "per_class": {"classes": every_held_out, "accuracy": per_class, "effects": effects},
     }
 
 
@@ -329,6 +342,27 @@ def mean_cka_per_domain(mech: dict | None) -> dict[str, float]:
     if not values or any(v is None for v in values.values()):
         return {}
     return {d: float(np.mean([v for pair, v in values.items() if d in pair])) for d in mech["domains"]}
+
+
+def _mean(values: list) -> float | None:
+    return None if not values or any(v is None for v in values) else float(np.mean(values))
+
+
+def _points(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else (a - b) * 100
+
+
+def _per_class_sentence(effect: dict[str, float | None]) -> str:
+    """How a verdict's effect splits over the held-out classes: each class's difference
+    (largest first; on that class's images alone, so each is far noisier than the verdict)
+    and how many classes go each way. A verdict that one or two classes carry moves with
+    the training seed."""
+    known = {c: v for c, v in effect.items() if v is not None}
+    if not known:
+        return "per held-out class: n/a"
+    up, down = sum(v > 0 for v in known.values()), sum(v < 0 for v in known.values())
+    return ("per held-out class " + ", ".join(f"{c} {v:+.1f}" for c, v in sorted(known.items(), key=lambda kv: -kv[1]))
+            + f" (higher in {up}, lower in {down} of {len(known)} classes)")
 
 
 def _pct(x):

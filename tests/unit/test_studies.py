@@ -248,6 +248,19 @@ def test_all_four_studies_end_to_end_tiny(tmp_path):
     assert sum(data["models"]["s3-cg-high-quickdraw"]["resolved_counts"].values()) == s3["size"]
     assert all(set(r["heldout_per_class"]) == set(s3["held_out_classes"]) for r in s3["cg_per_domain"])
     assert any(f["claim"].startswith("quickdraw fails on unseen classes") for f in data["findings"])
+    # per held-out class: every mixture's accuracy (the pooled one is a weighted mean of them) and each
+    # verdict's difference, also named in the verdict's detail
+    pc = s3["per_class"]
+    assert pc["classes"] == s3["held_out_classes"] and set(pc["accuracy"]) == set(s3["mixtures"])
+    for m, by_class in pc["accuracy"].items():
+        pooled = s3["accuracy"][m]["D_heldout_classes"]["acc"]
+        assert min(by_class.values()) - 1e-9 <= pooled <= max(by_class.values()) + 1e-9
+    cg_effect = pc["effects"]["cg-high - cg-low"]
+    assert cg_effect == pytest.approx({c: (pc["accuracy"]["cg-high"][c] - pc["accuracy"]["cg-low"][c]) * 100
+                                       for c in pc["classes"]})
+    cg_finding = next(f for f in data["findings"] if f["claim"].startswith("more domain diversity helps compositional"))
+    assert "per held-out class" in cg_finding["detail"] and f"of {len(pc['classes'])} classes)" in cg_finding["detail"]
+    assert "Per held-out class" in (tmp_path / "run" / "report.html").read_text()
     mech = s3["mechanistic"]
     assert len(mech["pairs"]) == 10 and all(p["layers"] for p in mech["pairs"])   # every pair of 5 domains
     s4 = data["studies"]["backgrounds"]
@@ -412,4 +425,5 @@ def test_dg_cg_with_two_class_folds_pools_every_class_of_the_test_domain(tmp_pat
     assert s3["manifests"]["d_minus_c-f1"]["parameters"]["without_classes"] == second
     qd = next(r for r in s3["cg_per_domain"] if r["domain"] == "quickdraw")
     assert set(qd["heldout_per_class"]) == set(first) | set(second)
+    assert s3["per_class"]["classes"] == first + second
     assert qd["heldout_classes"]["n"] == report["collection"]["splits"]["test_quickdraw"]
