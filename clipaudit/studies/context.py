@@ -327,6 +327,19 @@ def over_replicates(diffs: list[dict]) -> dict:
     return {"diff_points": mean, "ci": ci, "n": diffs[0]["n"], "replicates": vals}
 
 
+def format_effect(d: dict) -> str:
+    """An effect in points with its interval: over test images for one training run, over
+    training seeds (with each seed's value) for several."""
+    if d["diff_points"] is None:
+        return "n/a (no shared images)"
+    reps = d.get("replicates") or []
+    if len(reps) < 2:
+        return f"{d['diff_points']:+.1f} points (95% CI {d['ci'][0]:+.1f}..{d['ci'][1]:+.1f}, n={d['n']})"
+    return (f"{d['diff_points']:+.1f} points (95% t-interval over {len(reps)} training seeds "
+            f"{d['ci'][0]:+.1f}..{d['ci'][1]:+.1f}; per seed " + ", ".join(f"{v:+.1f}" for v in reps)
+            + f"; n={d['n']} images)")
+
+
 def direction(ci) -> bool | None:
     """The verdict of an effect measured with a 95% interval: True when the interval lies
     above zero (the paper's direction), False when it lies below (the opposite), None

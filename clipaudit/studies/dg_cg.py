@@ -34,8 +34,8 @@ import numpy as np
 import pandas as pd
 
 from clipaudit.errors import InvalidInput
-from clipaudit.studies.context import (StudyContext, accuracy, direction, finding, independent_difference,
-                                      over_replicates, paired_difference)
+from clipaudit.studies.context import (StudyContext, accuracy, direction, finding, format_effect,
+                                      independent_difference, over_replicates, paired_difference)
 
 
 def run(ctx: StudyContext, base: dict) -> dict:
@@ -222,16 +222,16 @@ def run(ctx: StudyContext, base: dict) -> dict:
     dg = diff("leave-out-domain", "natural-only")
     findings.append(finding("dg_cg", "more domain diversity helps domain generalisation (leave-out-domain vs natural-only)",
                             direction(dg["ci"]), dg["diff_points"],
-                            f"{where}: {_fmt_pts(dg)}; {_per_class_sentence(effects['leave-out-domain - natural-only'])}"))
+                            f"{where}: {format_effect(dg)}; {_per_class_sentence(effects['leave-out-domain - natural-only'])}"))
     cg = diff("cg-high", "cg-low")
     findings.append(finding("dg_cg", "more domain diversity helps compositional generalisation (CG high vs low)",
                             direction(cg["ci"]), cg["diff_points"],
-                            f"{where}: {_fmt_pts(cg)}; {_per_class_sentence(effects['cg-high - cg-low'])}"))
+                            f"{where}: {format_effect(cg)}; {_per_class_sentence(effects['cg-high - cg-low'])}"))
     weaker = diff("leave-out-domain", "cg-low")
     findings.append(finding("dg_cg", "compositional generalisation is weaker than domain generalisation (leave-out-domain vs CG low)",
                             direction(weaker["ci"]), weaker["diff_points"],
                             f"{where}, a model that never saw {D} minus one that saw {D} "
-                            f"without those classes: {_fmt_pts(weaker)} (STUDIES.md: CG can be weaker than DG when "
+                            f"without those classes: {format_effect(weaker)} (STUDIES.md: CG can be weaker than DG when "
                             f"training holds a subset of the test domain); "
                             f"{_per_class_sentence(effects['leave-out-domain - cg-low'])}"))
     seen = table["cg-low"]["D_seen_classes"]["acc"]
@@ -240,7 +240,7 @@ def run(ctx: StudyContext, base: dict) -> dict:
     findings.append(finding("dg_cg", "generalising to unseen classes in a seen domain is harder than to seen classes",
                             direction(unseen["ci"]), unseen["diff_points"],
                             f"{where}: a model that saw them drawn in {D} minus the CG "
-                            f"low-diversity model that did not: {_fmt_pts(unseen)} (same images, same mixture size); "
+                            f"low-diversity model that did not: {format_effect(unseen)} (same images, same mixture size); "
                             f"inside the (first fold's) CG low model, {D} seen classes {_pct(seen)} vs held-out {_pct(held)} "
                             f"(different classes, so class difficulty is mixed in); "
                             f"{_per_class_sentence(effects['seen-in-domain - cg-low'])}"))
@@ -367,16 +367,3 @@ def _per_class_sentence(effect: dict[str, float | None]) -> str:
 
 def _pct(x):
     return "n/a" if x is None else f"{x * 100:.1f}%"
-
-
-def _fmt_pts(d: dict) -> str:
-    """An effect in points with its interval: over test images for one training run, over
-    training seeds (with each seed's value) for several."""
-    if d["diff_points"] is None:
-        return "n/a (no shared images)"
-    reps = d.get("replicates") or []
-    if len(reps) < 2:
-        return f"{d['diff_points']:+.1f} points (95% CI {d['ci'][0]:+.1f}..{d['ci'][1]:+.1f}, n={d['n']})"
-    return (f"{d['diff_points']:+.1f} points (95% t-interval over {len(reps)} training seeds "
-            f"{d['ci'][0]:+.1f}..{d['ci'][1]:+.1f}; per seed " + ", ".join(f"{v:+.1f}" for v in reps)
-            + f"; n={d['n']} images)")

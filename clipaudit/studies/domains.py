@@ -14,7 +14,8 @@ import pandas as pd
 
 from clipaudit.errors import InvalidInput
 from clipaudit.manifests import read_manifest
-from clipaudit.studies.context import StudyContext, accuracy, direction, finding, paired_difference
+from clipaudit.studies.context import (StudyContext, accuracy, direction, finding, format_effect, over_replicates,
+                                      paired_difference)
 
 
 def nominal_group(split: str) -> str | None:
@@ -72,7 +73,15 @@ def run(ctx: StudyContext, base: dict) -> dict:
             comps.append({"manifest": clean["rendition"], "count": k, "name": "rendition"})
         plan_b.append((f"s2-B-k{k}", k, comps))
     natural_only = {"mixture": [{"manifest": clean["natural"], "name": "natural"}]}
-    ctx.prefetch([("natural-only", natural_only, {})] + [(n, {"mixture": c}, {}) for n, _, c in plan_a + plan_b])
+    # sweep B once per training seed; the first seed's runs keep the plain names (without training_seeds:
+    # the study's seed, so its k=0 run is sweep A's 0% run)
+    seeds = list(cfg.training_seeds or [ctx.seed])
+
+    def b_label(name: str, s: int) -> str:
+        return name if s == seeds[0] else f"{name}-t{s}"
+
+    ctx.prefetch([("natural-only", natural_only, {})] + [(n, {"mixture": c}, {}) for n, _, c in plan_a]
+                 + [(b_label(n, s), {"mixture": c}, {"seed": s}) for s in seeds for n, _, c in plan_b])
     runs = {"full": full}
     runs["natural-only"] = ctx.train("natural-only", natural_only)
     base["natural-only"] = runs["natural-only"]
@@ -80,11 +89,15 @@ def run(ctx: StudyContext, base: dict) -> dict:
     for name, r, comps in plan_a:
         runs[name] = ctx.train(name, {"mixture": comps})
         sweep_a.append({"name": name, "rendition_share": r, "total": total, "counts": runs[name]["resolved_counts"]})
-    for name, k, comps in plan_b:
-        runs[name] = ctx.train(name, {"mixture": comps})
+    b_runs = {s: {name: ctx.train(b_label(name, s), {"mixture": comps}, seed=s) for name, _, comps in plan_b}
+              for s in seeds}
+    runs.update(b_runs[seeds[0]])
+    for name, k, _ in plan_b:
         sweep_b.append({"name": name, "added": k, "counts": runs[name]["resolved_counts"]})
 
     preds = {n: ctx.evaluate_standard(n, r) for n, r in runs.items()}
+    b_preds = {s: {n: preds[n] if s == seeds[0] else ctx.evaluate_standard(b_label(n, s), r) for n, r in rs.items()}
+               for s, rs in b_runs.items()}
 
     def accs(pred: pd.DataFrame) -> dict:
         out = {}
@@ -120,19 +133,23 @@ def run(ctx: StudyContext, base: dict) -> dict:
         "domains", "on natural images natural-only training loses little", abs(nat_diff["diff_points"]) < abs(diff["diff_points"]),
         nat_diff["diff_points"], f"full minus natural-only on natural test sets: {nat_diff['diff_points']:+.1f} points "
                                  f"(95% CI {nat_diff['ci'][0]:+.1f}..{nat_diff['ci'][1]:+.1f})"))
+    for row in sweep_b:   # the rendition accuracy of every training seed's run (the first is the row's own)
+        row["rendition_by_seed"] = [accuracy(b_preds[s][row["name"]], b_preds[s][row["name"]]["test_set"].isin(
+            d.ood_tests))["acc"] for s in seeds]
     if len(sweep_b) >= 2:
         b0, b1, bl = sweep_b[0]["name"], sweep_b[1]["name"], sweep_b[-1]["name"]
-        g1 = paired_difference(preds[b1], preds[b0], preds[b1]["test_set"].isin(d.ood_tests),
-                               preds[b0]["test_set"].isin(d.ood_tests), seed=ctx.seed)
-        gl = paired_difference(preds[bl], preds[b0], preds[bl]["test_set"].isin(d.ood_tests),
-                               preds[b0]["test_set"].isin(d.ood_tests), seed=ctx.seed)
-        share = g1["diff_points"] / gl["diff_points"] if gl["diff_points"] else None
+
+        def gain(hi: str) -> dict:   # on the rendition test sets, paired per seed, then over seeds
+            return over_replicates([paired_difference(
+                b_preds[s][hi], b_preds[s][b0], b_preds[s][hi]["test_set"].isin(d.ood_tests),
+                b_preds[s][b0]["test_set"].isin(d.ood_tests), seed=ctx.seed) for s in seeds])
+        g1, gl = gain(b1), gain(bl)
+        share = g1["diff_points"] / gl["diff_points"] if g1["diff_points"] is not None and gl["diff_points"] else None
         k1, kl = sweep_b[1]["added"], sweep_b[-1]["added"]
         findings.append(finding(
             "domains", "a few renditions give a large gain (sweep B)",
             direction(g1["ci"]), g1["diff_points"],
-            f"adding {k1} renditions to {n_b} natural images gains {g1['diff_points']:+.1f} points on renditions "
-            f"(95% CI {g1['ci'][0]:+.1f}..{g1['ci'][1]:+.1f}); that is "
+            f"adding {k1} renditions to {n_b} natural images gains {format_effect(g1)} on renditions; that is "
             f"{'n/a' if share is None else f'{share:.0%}'} of the gain from adding {kl}"))
     if sweep_a:
         best = max(sweep_a, key=lambda r: (r["accuracy"]["standard"]["rendition"]["acc"] or 0)
@@ -153,6 +170,7 @@ def run(ctx: StudyContext, base: dict) -> dict:
         "accuracy": table,
         "sweep_a": sweep_a,
         "sweep_b": sweep_b,
+        "training_seeds": seeds,
         "findings": findings,
     }
 

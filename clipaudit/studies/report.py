@@ -166,6 +166,11 @@ def plot_mixing(s2: dict) -> str:
         x = [r[xkey] for r in rows]
         for g, c in (("rendition", "#d62728"), ("natural", "#1f77b4")):
             ax.plot(x, [(r["accuracy"]["standard"][g]["acc"] or 0) * 100 for r in rows], marker="o", color=c, label=g)
+        if any(len(r.get("rendition_by_seed") or []) > 1 for r in rows):   # domains.training_seeds: each seed's run
+            for r in rows:
+                ys = [v * 100 for v in r["rendition_by_seed"] if v is not None]
+                ax.scatter([r[xkey]] * len(ys), ys, color="black", s=12, zorder=3)
+            title += " (dots: rendition, each training seed)"
         if xkey == "added" and len(x) > 1 and min(x) >= 0:
             ax.set_xscale("symlog", linthresh=max(1, sorted(set(x))[1] if len(set(x)) > 1 else 1))
         ax.set_xlabel(xlabel)

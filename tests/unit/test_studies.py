@@ -31,6 +31,9 @@ def test_config_errors_are_one_line(tmp_path):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(InvalidInput, match="at least 4"):
         load_config("demo", **{"domains.ratios": [0.0, 0.5]})
+    for study in ("domains", "dg_cg"):   # a repeated training seed would count one run twice
+        with pytest.raises(InvalidInput, match=f"{study}.training_seeds: .*distinct"):
+            load_config("demo", **{f"{study}.training_seeds": [0, 1, 0]})
 
 
 def test_wilson_interval_known_values():
@@ -382,6 +385,32 @@ def test_dg_cg_with_training_seeds_trains_every_mixture_per_seed(tmp_path):
     assert sum("domain generalisation" in c or "compositional" in c for c in claims) == 3   # DG, CG, CG weaker than DG
     weaker = next(f for f in report["findings"] if f["claim"].startswith("compositional generalisation is weaker"))
     assert weaker["value"] == pytest.approx(np.mean([(r["leave-out-domain"][i] - r["cg-low"][i]) * 100 for i in range(2)]))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_sweep_b_with_training_seeds_decides_its_first_step_over_seeds(tmp_path):
+    from clipaudit.studies.runner import run_study
+
+    cfg = load_config("demo", **TINY, studies=["domains"], **{"domains.training_seeds": [0, 3]})
+    report = run_study(cfg, tmp_path / "run")
+    s2, models = report["studies"]["domains"], report["models"]
+    assert s2["training_seeds"] == [0, 3]
+    rows = s2["sweep_b"]
+    # every sweep B mixture once more with the second seed: same data, another run
+    for r in rows:
+        again = models[f"{r['name']}-t3"]
+        assert again["job_id"] != models[r["name"]]["job_id"] and again["resolved_counts"] == r["counts"]
+        assert len(r["rendition_by_seed"]) == 2
+        assert r["rendition_by_seed"][0] == r["accuracy"]["standard"]["rendition"]["acc"]
+    # the first seed is the study's own: its k=0 run is still sweep A's 0% run; sweep A is not replicated
+    assert models["s2-B-k0"]["job_id"] == models["s2-A-r0"]["job_id"]
+    assert not any(n.startswith("s2-A-") and n.endswith("-t3") for n in models)
+    # the verdict is the mean first-step gain over the two seeds, with a t-interval over them
+    gain = next(f for f in report["findings"] if f["claim"].startswith("a few renditions give a large gain"))
+    per_seed = [(rows[1]["rendition_by_seed"][i] - rows[0]["rendition_by_seed"][i]) * 100 for i in range(2)]
+    assert gain["value"] == pytest.approx(np.mean(per_seed))
+    assert "t-interval over 2 training seeds" in gain["detail"]
 
 
 def test_class_folds_hold_out_the_complement_and_reject_what_they_cannot_fold():
