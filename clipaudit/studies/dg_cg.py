@@ -38,6 +38,17 @@ from clipaudit.studies.context import (StudyContext, accuracy, direction, findin
                                       independent_difference, over_replicates, paired_difference)
 
 
+# the DG/CG verdicts: the two mixtures each compares (first minus second) on D's images of the held-out classes
+COMPARISONS = {"DG": ("leave-out-domain", "natural-only"), "CG": ("cg-high", "cg-low"),
+               "CG weaker than DG": ("leave-out-domain", "cg-low"),
+               "unseen classes harder": ("seen-in-domain", "cg-low")}
+
+
+def effect_key(a: str, b: str) -> str:
+    """The key of a comparison's per-class differences in ``per_class["effects"]``."""
+    return f"{a} - {b}"
+
+
 def run(ctx: StudyContext, base: dict) -> dict:
     cfg, d = ctx.cfg.dg_cg, ctx.cfg.data
     coll = ctx.coll
@@ -189,7 +200,7 @@ def run(ctx: StudyContext, base: dict) -> dict:
             "seen_classes": accuracy(evals[names[0]], on_dom & ~evals[names[0]]["class"].isin(C)),
             "natural_only_heldout_classes": accuracy(nat),
             # which held-out classes the domain fails on (a verdict can follow the classes more than the domain)
-            "heldout_per_class": {c: accuracy(high, high["class"] == c)["acc"] for f in folds for c in f},
+            "heldout_per_class": accuracy_per_class(high, [c for f in folds for c in f]),
         })
 
     # mechanistic similarity between every pair of domains, per layer (the CG high-diversity model, which
@@ -208,42 +219,42 @@ def run(ctx: StudyContext, base: dict) -> dict:
 
     every_held_out = [c for f in folds for c in f]
     # each held-out class on its own (mean over training seeds): a verdict on a few classes can rest on one or two
-    per_class = {n: {c: _mean([accuracy(dc[s][n], dc[s][n]["class"] == c)["acc"] for s in seeds])
-                     for c in every_held_out}
-                 for n in mixes}
+    by_seed = {n: [accuracy_per_class(dc[s][n], every_held_out) for s in seeds] for n in mixes}
+    per_class = {n: {c: _mean([acc[c] for acc in accs]) for c in every_held_out} for n, accs in by_seed.items()}
     effects = {}
 
-    def diff(a, b):
-        effects[f"{a} - {b}"] = {c: _points(per_class[a][c], per_class[b][c]) for c in every_held_out}
-        return over_replicates([paired_difference(dc[s][a], dc[s][b], seed=ctx.seed) for s in seeds])
+    def diff(verdict: str) -> tuple[dict, str]:
+        """A verdict's effect (over training seeds) and the sentence that splits it over the held-out classes."""
+        a, b = COMPARISONS[verdict]
+        per = effects[effect_key(a, b)] = {c: _points(per_class[a][c], per_class[b][c]) for c in every_held_out}
+        return over_replicates([paired_difference(dc[s][a], dc[s][b], seed=ctx.seed) for s in seeds]), \
+            _per_class_sentence(per)
     where = f"on {D} images of held-out classes" + (
         f" ({len(folds)} class folds pooled: {' | '.join(', '.join(f) for f in folds)}; each class held out once)"
         if len(folds) > 1 else "")
-    dg = diff("leave-out-domain", "natural-only")
+    dg, dg_classes = diff("DG")
     findings.append(finding("dg_cg", "more domain diversity helps domain generalisation (leave-out-domain vs natural-only)",
                             direction(dg["ci"]), dg["diff_points"],
-                            f"{where}: {format_effect(dg)}; {_per_class_sentence(effects['leave-out-domain - natural-only'])}"))
-    cg = diff("cg-high", "cg-low")
+                            f"{where}: {format_effect(dg)}; {dg_classes}"))
+    cg, cg_classes = diff("CG")
     findings.append(finding("dg_cg", "more domain diversity helps compositional generalisation (CG high vs low)",
                             direction(cg["ci"]), cg["diff_points"],
-                            f"{where}: {format_effect(cg)}; {_per_class_sentence(effects['cg-high - cg-low'])}"))
-    weaker = diff("leave-out-domain", "cg-low")
+                            f"{where}: {format_effect(cg)}; {cg_classes}"))
+    weaker, weaker_classes = diff("CG weaker than DG")
     findings.append(finding("dg_cg", "compositional generalisation is weaker than domain generalisation (leave-out-domain vs CG low)",
                             direction(weaker["ci"]), weaker["diff_points"],
                             f"{where}, a model that never saw {D} minus one that saw {D} "
                             f"without those classes: {format_effect(weaker)} (STUDIES.md: CG can be weaker than DG when "
-                            f"training holds a subset of the test domain); "
-                            f"{_per_class_sentence(effects['leave-out-domain - cg-low'])}"))
+                            f"training holds a subset of the test domain); {weaker_classes}"))
     seen = table["cg-low"]["D_seen_classes"]["acc"]
     held = table["cg-low"]["D_heldout_classes"]["acc"]
-    unseen = diff("seen-in-domain", "cg-low")
+    unseen, unseen_classes = diff("unseen classes harder")
     findings.append(finding("dg_cg", "generalising to unseen classes in a seen domain is harder than to seen classes",
                             direction(unseen["ci"]), unseen["diff_points"],
                             f"{where}: a model that saw them drawn in {D} minus the CG "
                             f"low-diversity model that did not: {format_effect(unseen)} (same images, same mixture size); "
                             f"inside the (first fold's) CG low model, {D} seen classes {_pct(seen)} vs held-out {_pct(held)} "
-                            f"(different classes, so class difficulty is mixed in); "
-                            f"{_per_class_sentence(effects['seen-in-domain - cg-low'])}"))
+                            f"(different classes, so class difficulty is mixed in); {unseen_classes}"))
     cka = mean_cka_per_domain(mech)
     if cka and "quickdraw" in cka:
         lowest = min(cka, key=cka.get)
@@ -342,6 +353,11 @@ def mean_cka_per_domain(mech: dict | None) -> dict[str, float]:
     if not values or any(v is None for v in values.values()):
         return {}
     return {d: float(np.mean([v for pair, v in values.items() if d in pair])) for d in mech["domains"]}
+
+
+def accuracy_per_class(pred: pd.DataFrame, classes: list[str]) -> dict[str, float | None]:
+    """Top-1 accuracy of each class's images in ``pred`` (None for a class without images)."""
+    return {c: accuracy(pred, pred["class"] == c)["acc"] for c in classes}
 
 
 def _mean(values: list) -> float | None:

@@ -392,21 +392,19 @@ def _thresholds_table(thresholds: dict) -> str:
             + "".join(rows) + "</table>") if rows else ""
 
 
-# study 3's per-class effects ("a - b") by the verdict they belong to
-_VERDICT_OF_EFFECT = {"leave-out-domain - natural-only": "DG", "cg-high - cg-low": "CG",
-                      "leave-out-domain - cg-low": "CG weaker than DG", "seen-in-domain - cg-low": "unseen classes harder"}
-
-
 def _per_class_html(s3: dict) -> str:
     """Study 3 per held-out class: every mixture's accuracy on the test domain's images of the
     class and each verdict's difference, so a reader sees which classes carry a verdict."""
+    from clipaudit.studies.dg_cg import COMPARISONS, effect_key
+
     pc = s3.get("per_class")
     if not pc:
         return ""
+    verdict_of = {effect_key(a, b): v for v, (a, b) in COMPARISONS.items()}
     mixes = list(pc["accuracy"])
     effects = list(pc["effects"])
     head = "".join(f"<th>{_e(m)}</th>" for m in mixes) + "".join(
-        f"<th>{_e(_VERDICT_OF_EFFECT.get(k, k))}: {_e(k.replace(' - ', ' − '))} (pts)</th>" for k in effects)
+        f"<th>{_e(verdict_of.get(k, k))}: {_e(k.replace(' - ', ' − '))} (pts)</th>" for k in effects)
     rows = "".join(
         f"<tr><td>{_e(c)}</td>" + "".join(f"<td>{_pct(pc['accuracy'][m][c])}</td>" for m in mixes)
         + "".join(f"<td>{_signed(pc['effects'][k][c])}</td>" for k in effects) + "</tr>"
