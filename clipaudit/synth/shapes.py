@@ -4,8 +4,8 @@ Each SDF takes local coordinates ``u, v`` (arrays, x right, y *down*, the shape
 fills about [-1, 1]^2) and returns the signed distance to the outline in the same
 units: negative inside, positive outside. The renderer turns it into filled areas,
 outlines and strokes for every style, so one geometry serves all domains. Quickdraw
-draws a few classes as stick figures instead (``DOODLES``: unsigned distances to strokes,
-see :func:`doodle_distance`).
+draws the default classes as stick figures instead (``DOODLES``: unsigned distances to
+strokes, see :func:`doodle_distance`).
 """
 
 from __future__ import annotations
@@ -142,17 +142,29 @@ def arc(u, v, r, centre_angle, span, cx=0.0, cy=0.0):
     return np.where(rel <= F(span / 2), on, to_end)
 
 
-# How a doodler draws a class in a few seconds (the quickdraw domain): for most shapes
-# the outline, as every other domain shows it, but for these an iconic stick figure the
-# other domains never show, as in DomainNet's quickdraw, whose doodles are abstractions
-# rather than drawings of the object: a star as an asterisk, a cross as two strokes, an
-# arrow as a shaft with a chevron, a moon as one arc. Unsigned distances, same frame.
+# How a doodler draws a class in a few seconds (the quickdraw domain): a symbol of its own
+# that the other domains never show, as DomainNet's quickdraw doodles are conventions
+# rather than drawings of the object. A star is an asterisk, a cross two strokes, a square
+# a hash, a heart a "V", a diamond an "X", a ring a wave, a circle three bars, a triangle
+# three posts, an arrow an "N" and a moon an "L". Symbols that follow the outline (a spiral
+# for a circle, a shaft and chevron for an arrow, an arc for a moon, a "Z" for a triangle)
+# were read as their class by models that never saw them doodled, so the domain was no
+# harder on unseen classes than sketch. Classes outside the default ten are doodled as
+# their outline. Unsigned distances, same frame.
 _STAR_CENTRE = (0.0, 0.08)
+_WAVE = [(-0.9 + 1.8 * i / 40, 0.45 * math.sin(3 * math.pi * i / 40)) for i in range(41)]
 DOODLES: dict[str, SDF] = {
     "star": lambda u, v: strokes(u, v, *([_STAR_CENTRE, p] for p in _STAR[::2])),
     "cross": lambda u, v: strokes(u, v, [(0.0, -0.92), (0.0, 0.92)], [(-0.92, 0.0), (0.92, 0.0)]),
-    "arrow": lambda u, v: strokes(u, v, [(-0.95, 0.0), (0.92, 0.0)], [(0.3, -0.62), (0.92, 0.0), (0.3, 0.62)]),
-    "moon": lambda u, v: arc(u, v, 0.8, math.atan2(0.25, -0.45), 4.0),
+    "square": lambda u, v: strokes(u, v, [(-0.35, -0.9), (-0.35, 0.9)], [(0.35, -0.9), (0.35, 0.9)],
+                                   [(-0.9, -0.35), (0.9, -0.35)], [(-0.9, 0.35), (0.9, 0.35)]),
+    "heart": lambda u, v: strokes(u, v, [(-0.8, -0.7), (0.0, 0.8), (0.8, -0.7)]),
+    "diamond": lambda u, v: strokes(u, v, [(-0.75, -0.75), (0.75, 0.75)], [(-0.75, 0.75), (0.75, -0.75)]),
+    "ring": lambda u, v: strokes(u, v, _WAVE),
+    "circle": lambda u, v: strokes(u, v, *([(-0.8, y), (0.8, y)] for y in (-0.55, 0.0, 0.55))),
+    "triangle": lambda u, v: strokes(u, v, *([(x, -0.8), (x, 0.8)] for x in (-0.55, 0.0, 0.55))),
+    "arrow": lambda u, v: strokes(u, v, [(-0.7, 0.8), (-0.7, -0.8), (0.7, 0.8), (0.7, -0.8)]),
+    "moon": lambda u, v: strokes(u, v, [(-0.6, -0.85), (-0.6, 0.75), (0.7, 0.75)]),
 }
 
 

@@ -27,7 +27,7 @@ from clipaudit.synth import (
     summarize,
 )
 from clipaudit.synth.noise import sample_seeds
-from clipaudit.synth.render import geometry, render
+from clipaudit.synth.render import CLIPART_LINE_ART, PA_LEVELS, YIQ, geometry, posterise, render, rotate_hue
 from clipaudit.synth.shapes import DOODLES, doodle_distance, shape_sdf
 
 pytestmark = pytest.mark.timeout(60)
@@ -126,25 +126,33 @@ def test_render_depends_only_on_the_row():
     np.testing.assert_array_equal(full[3:8], part)
 
 
-def test_quickdraw_draws_stick_figures_for_some_classes_and_outlines_for_the_rest():
+def test_quickdraw_draws_every_default_class_as_a_stick_figure_and_other_shapes_as_outlines():
     u, v = np.meshgrid(np.linspace(-1, 1, 81, dtype=np.float32), np.linspace(-1, 1, 81, dtype=np.float32))
     # a doodled cross is two strokes through the centre, not the outline of a thick plus
     assert doodle_distance("cross", np.float32([0.0]), np.float32([0.0]))[0] == pytest.approx(0.0)
     assert doodle_distance("cross", np.float32([0.27]), np.float32([0.6]))[0] == pytest.approx(0.27, abs=1e-5)
-    # the star's spokes meet at its centre; an arrow is a shaft through the middle
+    # the star's spokes meet at its centre; a square is a hash whose middle is open; a heart a "V"
+    # whose tip is at the bottom; a diamond an "X" crossing at the centre; a circle three bars, one
+    # through the centre; a triangle three posts; an arrow an "N"; a moon an "L"
     assert doodle_distance("star", np.float32([0.0]), np.float32([0.08]))[0] == pytest.approx(0.0, abs=1e-6)
-    assert doodle_distance("arrow", np.float32([-0.5]), np.float32([0.0]))[0] == pytest.approx(0.0)
-    # a moon is one arc of radius 0.8: zero on it, and its opening is far from any stroke
-    on = doodle_distance("moon", np.float32([-0.8]), np.float32([0.0]))[0]
-    opening = doodle_distance("moon", np.float32([0.8 * 0.87]), np.float32([-0.8 * 0.48]))[0]
-    assert on == pytest.approx(0.0, abs=1e-5) and opening > 0.3
-    # classes without a stick figure keep their outline (unsigned)
-    np.testing.assert_allclose(doodle_distance("heart", u, v), np.abs(shape_sdf("heart", u, v)), atol=1e-6)
-    assert set(DOODLES) < set(PRESETS["small"].classes)
+    assert doodle_distance("square", np.float32([0.0]), np.float32([0.0]))[0] == pytest.approx(0.35, abs=1e-5)
+    assert doodle_distance("heart", np.float32([0.0]), np.float32([0.8]))[0] == pytest.approx(0.0, abs=1e-6)
+    assert doodle_distance("diamond", np.float32([0.0]), np.float32([0.0]))[0] == pytest.approx(0.0, abs=1e-6)
+    assert doodle_distance("circle", np.float32([0.5, 0.5]), np.float32([0.0, 0.3]))[:2] == pytest.approx([0.0, 0.25], abs=1e-6)
+    assert doodle_distance("triangle", np.float32([0.55, 0.3]), np.float32([0.5, 0.0]))[:2] == pytest.approx([0.0, 0.25], abs=1e-6)
+    assert doodle_distance("arrow", np.float32([-0.7, 0.0, 0.7]), np.float32([0.0, 0.0, 0.0])) == pytest.approx([0, 0, 0], abs=1e-6)
+    assert doodle_distance("moon", np.float32([0.0, 0.3]), np.float32([0.75, 0.0]))[:2] == pytest.approx([0.0, 0.75], abs=1e-6)
+    # no doodle is its class's outline: somewhere on the outline the doodle is far away
+    for name in DOODLES:
+        on_outline = np.abs(shape_sdf(name, u, v)) < 0.02
+        assert doodle_distance(name, u, v)[on_outline].max() > 0.25, name
+    # shapes beyond the default ten keep their outline (unsigned)
+    assert set(DOODLES) == set(PRESETS["small"].classes)
+    np.testing.assert_allclose(doodle_distance("hexagon", u, v), np.abs(shape_sdf("hexagon", u, v)), atol=1e-6)
 
 
 def test_quickdraw_images_are_strokes_on_white_and_differ_from_the_outline():
-    classes = PRESETS["small"].classes
+    classes = [*PRESETS["small"].classes[:-1], "hexagon"]  # the hexagon has no stick figure: its outline
     n = 40
     seeds = sample_seeds(5, "q", np.arange(n))
     cls = np.arange(n) % len(classes)
@@ -153,15 +161,15 @@ def test_quickdraw_images_are_strokes_on_white_and_differ_from_the_outline():
     assert ((dark | (img.min(axis=3) > 200)).mean()) == 1.0            # black ink on white, nothing else
     assert 0.02 < dark.mean() < 0.2
     # at the object's centre pixel a doodled cross has a stroke (within the hand's wobble),
-    # an outlined square is far from any stroke; other domains keep the signed outline
+    # an outlined hexagon is far from any stroke; other domains keep the signed outline
     g = geometry(classes, cls, seeds, np.zeros(n, np.uint64), 32, doodle=np.ones(n, bool))
     signed = geometry(classes, cls, seeds, np.zeros(n, np.uint64), 32)
     px = np.clip(np.round((g.cx + 1) / 2 * 32 - 0.5).astype(int), 0, 31)
     py = np.clip(np.round((g.cy + 1) / 2 * 32 - 0.5).astype(int), 0, 31)
     at_centre = g.d[np.arange(n), py, px]
-    crosses, squares = cls == classes.index("cross"), cls == classes.index("square")
-    assert (at_centre[crosses] < 2.5).all() and (at_centre[squares] > 3.0).all()
-    assert (signed.d[np.arange(n), py, px][crosses | squares] < 0).all()     # inside the filled shape
+    crosses, hexagons = cls == classes.index("cross"), cls == classes.index("hexagon")
+    assert (at_centre[crosses] < 2.5).all() and (at_centre[hexagons] > 3.0).all()
+    assert (signed.d[np.arange(n), py, px][crosses | hexagons] < 0).all()     # inside the filled shape
     assert (g.d >= 0).all()
 
 
@@ -302,3 +310,47 @@ def test_regenerating_a_smaller_collection_removes_stale_shards(tmp_path):
     on_disk = sorted(p.relative_to(tmp_path / "c").as_posix() for p in (tmp_path / "c").rglob("*.tar"))
     assert on_disk == sorted(k for s in coll.splits.values() for k in s.shard_keys)
     assert len(list(iter_samples(tmp_path / "c" / coll.shard_keys("train")[0]))) == coll.splits["train"].shards[0].count
+
+
+def test_a_painting_turns_the_scene_hues_and_lays_them_on_in_five_tones():
+    # the same rows as photos and as paintings: same class, background, geometry and colours before the palette
+    classes = PRESETS["small"].classes
+    n = 30
+    seeds = sample_seeds(7, "palette", np.arange(n))
+    cls = np.arange(n) % len(classes)
+    photo, painting = (render(classes, cls, [d] * n, ["grass"] * n, seeds, np.zeros(n, np.uint64), 32)
+                       .astype(np.float32) / 255 for d in ("natural", "painting"))
+
+    def mean_hue(img):  # angle of the mean chroma (YIQ's I, Q) of each image, in turns
+        iq = (img.reshape(n, -1, 3) @ YIQ.T).mean(1)[:, 1:]
+        return np.arctan2(iq[:, 1], iq[:, 0]) / (2 * np.pi)
+
+    turn = np.abs(np.mod(mean_hue(painting) - mean_hue(photo) + 0.5, 1.0) - 0.5)
+    assert turn.min() > 0.15  # the palette turns by 0.2-0.8 of the circle: grass is no longer green
+    assert all(len(np.unique(painting[i][..., c])) <= PA_LEVELS for i in range(n) for c in range(3))
+    assert max(len(np.unique(photo[i])) for i in range(n)) > 50
+
+    # the turn keeps brightness and is undone by the opposite turn
+    img = np.random.default_rng(0).random((4, 3, 8, 8), dtype=np.float32)
+    theta = np.float32([0.0, 1.0, 2.5, -2.0])
+    turned = rotate_hue(img, theta)
+    np.testing.assert_allclose(np.einsum("j,njhw->nhw", YIQ[0], turned), np.einsum("j,njhw->nhw", YIQ[0], img),
+                               atol=1e-5)
+    np.testing.assert_allclose(rotate_hue(turned, -theta), img, atol=1e-5)
+    np.testing.assert_allclose(turned[0], img[0], atol=1e-6)
+    assert posterise(np.float32([-0.2, 0.1, 0.13, 0.9, 1.4]), 5).tolist() == [0.0, 0.0, 0.25, 1.0, 1.0]
+
+
+def test_some_clipart_is_line_art_the_outline_on_the_plain_background():
+    classes = PRESETS["small"].classes
+    n = 200
+    seeds = sample_seeds(11, "line-art", np.arange(n))
+    cls = np.full(n, classes.index("circle"))
+    img = render(classes, cls, ["clipart"] * n, ["none"] * n, seeds, np.zeros(n, np.uint64), 32).astype(np.float32)
+    g = geometry(classes, cls, seeds, np.zeros(n, np.uint64), 32)
+    interior = g.d < -2.5                                   # pixels well inside the circle
+    assert interior.sum(axis=(1, 2)).min() > 10
+    inside = np.array([img[i][interior[i]].mean(0) for i in range(n)])
+    paper = img[:, 0, 0]                                    # a corner: the plain background
+    unfilled = np.abs(inside - paper).max(1) < 8
+    assert abs(unfilled.mean() - CLIPART_LINE_ART) < 0.1
