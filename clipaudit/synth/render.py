@@ -15,7 +15,7 @@ Domains:
   texture, wobbly soft edges, boosted saturation, canvas weave, then the painter's
   palette: hues turned, five tones per channel.
 * ``quickdraw`` one-pixel black strokes, jittered and with gaps, on pure white; each
-  default class as a stick figure, not its outline (``shapes.DOODLES``).
+  default class as a symbol of its own, not its outline (``shapes.DOODLES``).
 
 A ``perturb`` seed (non-zero) makes a planted near-duplicate: the same scene with a
 sub-pixel shift, a slight rotation/colour change and fresh pixel noise.
@@ -416,7 +416,7 @@ def _clipart(g, seeds, bgs, perturb):
     fill = hsv2rgb(uniform(seeds, CA_H), between(seeds, CA_S, 0.8, 1.0), between(seeds, C_V, 0.85, 1.0))
     cov = coverage(g.d)
     # line art: the outline alone, no fill or shadow (DomainNet's clipart has outline icons too); with
-    # every doodle a stick figure, it is the one domain besides sketch that draws a class's outline
+    # every doodle a symbol, it is the one domain besides sketch that draws a class's outline
     line_art = (uniform(seeds, CA_LINE) < F(CLIPART_LINE_ART)).astype(np.float32).reshape(-1, 1, 1)
     # flat drop shadow
     sh = _shift(cov, np.full(len(seeds), int(round(1.5 * k))), np.full(len(seeds), int(round(1.5 * k))))

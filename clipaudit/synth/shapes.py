@@ -4,7 +4,7 @@ Each SDF takes local coordinates ``u, v`` (arrays, x right, y *down*, the shape
 fills about [-1, 1]^2) and returns the signed distance to the outline in the same
 units: negative inside, positive outside. The renderer turns it into filled areas,
 outlines and strokes for every style, so one geometry serves all domains. Quickdraw
-draws the default classes as stick figures instead (``DOODLES``: unsigned distances to
+draws the default classes as symbols of their own instead (``DOODLES``: unsigned distances to
 strokes, see :func:`doodle_distance`).
 """
 
