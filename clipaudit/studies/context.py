@@ -313,6 +313,21 @@ def t_interval(values) -> tuple[float | None, list]:
     return mean, [float(mean - half), float(mean + half)]
 
 
+def jackknife_interval(full: float, leave_one_out) -> tuple[float | None, list]:
+    """Standard error and 95% normal interval of a statistic from its ``n`` leave-one-out
+    values (Efron's jackknife): se = sqrt((n-1)/n * sum (t_i - mean t)^2); the interval
+    is centred on the full-sample value. (None, [None, None]) below two values or with a
+    missing one (dropping it would leave the others' spread uncounted)."""
+    if full is None or len(leave_one_out) < 2 or any(v is None for v in leave_one_out):
+        return None, [None, None]
+    vals = np.asarray(leave_one_out, dtype=np.float64)
+    if not np.isfinite(vals).all() or not np.isfinite(full):
+        return None, [None, None]
+    n = len(vals)
+    se = float(np.sqrt((n - 1) / n * np.sum((vals - vals.mean()) ** 2)))
+    return se, [float(full - 1.96 * se), float(full + 1.96 * se)]
+
+
 def over_replicates(diffs: list[dict]) -> dict:
     """One effect measured by several training replicates (each a :func:`paired_difference`
     on the same test images): the mean effect with a t-interval over replicates, which

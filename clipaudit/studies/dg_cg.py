@@ -35,7 +35,8 @@ import pandas as pd
 
 from clipaudit.errors import InvalidInput
 from clipaudit.studies.context import (StudyContext, accuracy, direction, finding, format_effect,
-                                      independent_difference, over_replicates, paired_difference)
+                                      independent_difference, jackknife_interval, over_replicates,
+                                      paired_difference)
 
 
 # the DG/CG verdicts: the two mixtures each compares (first minus second) on D's images of the held-out classes
@@ -255,19 +256,9 @@ def run(ctx: StudyContext, base: dict) -> dict:
                             f"low-diversity model that did not: {format_effect(unseen)} (same images, same mixture size); "
                             f"inside the (first fold's) CG low model, {D} seen classes {_pct(seen)} vs held-out {_pct(held)} "
                             f"(different classes, so class difficulty is mixed in); {unseen_classes}"))
-    cka = mean_cka_per_domain(mech)
-    if cka and "quickdraw" in cka:
-        lowest = min(cka, key=cka.get)
-        with_natural = {next(d for d in p["domains"] if d != "natural"): mean_over_layers(p)
-                        for p in mech["pairs"] if "natural" in p["domains"]}
-        findings.append(finding(
-            "dg_cg", "quickdraw shows the lowest mechanistic similarity to the other domains",
-            lowest == "quickdraw", cka,
-            "mean linear CKA over layers and over each domain's pairs with the other domains: "
-            + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cka.items(), key=lambda kv: kv[1]))
-            + ("; with natural images alone: " + ", ".join(
-                f"{k} {v:.2f}" for k, v in sorted(with_natural.items(), key=lambda kv: kv[1])
-                if v is not None) if with_natural else "")))
+    cka_finding = _quickdraw_cka_finding(mech)
+    if cka_finding:
+        findings.append(cka_finding)
     fails = _quickdraw_fails_finding(cg_per_domain, n_classes=len(coll.classes), folds=len(folds))
     if fails:
         findings.append(fails)
@@ -353,6 +344,62 @@ def mean_cka_per_domain(mech: dict | None) -> dict[str, float]:
     if not values or any(v is None for v in values.values()):
         return {}
     return {d: float(np.mean([v for pair, v in values.items() if d in pair])) for d in mech["domains"]}
+
+
+def quickdraw_cka_gap(mech: dict | None) -> dict | None:
+    """How far quickdraw's mean linear CKA (:func:`mean_cka_per_domain`) lies below the lowest
+    other domain's, with a jackknife interval over classes: the statistic is recomputed with
+    each class left out of every pair (the evaluator's ``cka_linear_leave_one_out``). With
+    ten class means a CKA moves by tenths when one class goes, so a bare "which domain is
+    lowest" would call differences of a few hundredths. None without quickdraw or a defined
+    mean for every domain; the interval is missing when the pairs do not share one class list."""
+    cka = mean_cka_per_domain(mech)
+    if not cka or "quickdraw" not in cka or len(cka) < 2:
+        return None
+
+    def gap(per_domain: dict[str, float]) -> float:
+        return min(v for d, v in per_domain.items() if d != "quickdraw") - per_domain["quickdraw"]
+
+    pairs = mech["pairs"]
+    classes = pairs[0].get("classes") or []
+    loo = []
+    if all(p.get("classes") == classes for p in pairs) and all(
+            len(layer.get("cka_linear_leave_one_out") or []) == len(classes)
+            and None not in layer["cka_linear_leave_one_out"] for p in pairs for layer in p["layers"]):
+        for i in range(len(classes)):
+            left = {"domains": mech["domains"], "pairs": [
+                {"domains": p["domains"], "layers": [{"cka_linear": layer["cka_linear_leave_one_out"][i]}
+                                                     for layer in p["layers"]]} for p in pairs]}
+            per = mean_cka_per_domain(left)
+            loo.append(gap(per) if per else None)
+    full = gap(cka)
+    se, ci = jackknife_interval(full, loo)
+    others = {d: v for d, v in cka.items() if d != "quickdraw"}
+    return {"gap": full, "se": se, "ci": ci, "n_classes": len(classes), "per_domain": cka,
+            "next_lowest": min(others, key=others.get), "leave_one_out": loo}
+
+
+def _quickdraw_cka_finding(mech: dict | None) -> dict | None:
+    """The verdict on "quickdraw shows the lowest mechanistic similarity": the gap of
+    :func:`quickdraw_cka_gap` and its interval, read like every other effect (above zero:
+    reproduced, below: the opposite, across zero: undetermined)."""
+    g = quickdraw_cka_gap(mech)
+    if g is None:
+        return None
+    cka = g["per_domain"]
+    with_natural = {next(d for d in p["domains"] if d != "natural"): mean_over_layers(p)
+                    for p in mech["pairs"] if "natural" in p["domains"]}
+    interval = (f"95% jackknife interval over the {g['n_classes']} classes {g['ci'][0]:+.2f}..{g['ci'][1]:+.2f}"
+                if g["se"] is not None else "no interval: the domain pairs do not share one class list")
+    return finding(
+        "dg_cg", "quickdraw shows the lowest mechanistic similarity to the other domains",
+        direction(g["ci"]), g["gap"],
+        f"the lowest other domain ({g['next_lowest']}) minus quickdraw: {g['gap']:+.2f} linear CKA ({interval}); "
+        "mean linear CKA over layers and over each domain's pairs with the other domains: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cka.items(), key=lambda kv: kv[1]))
+        + ("; with natural images alone: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in sorted(with_natural.items(), key=lambda kv: kv[1])
+            if v is not None) if with_natural else ""))
 
 
 def accuracy_per_class(pred: pd.DataFrame, classes: list[str]) -> dict[str, float | None]:

@@ -458,6 +458,10 @@ def _mechanistic_pair(dom: np.ndarray, cls: np.ndarray, acts: dict[str, np.ndarr
             "cka_linear": _finite(logic.cka(xa, xb, kernel="linear")),
             "cka_rbf": _finite(logic.cka(xa, xb, kernel="rbf")),
             "neuron_sharing": _finite(logic.neuron_sharing(a[ma].mean(0), a[mb].mean(0), top_fraction)),
+            # linear CKA without each class in turn (``classes`` order): the jackknife over classes that
+            # puts an interval on a CKA of a few class means; empty below 5 classes (4 must remain)
+            "cka_linear_leave_one_out": [_finite(v) for v in logic.cka_leave_one_out(xa, xb)]
+            if len(shared) >= 5 else [],
         })
     return result
 

@@ -314,6 +314,14 @@ def neuron_sharing(mean_act_a: np.ndarray, mean_act_b: np.ndarray, fraction: flo
     return jaccard(top_units(mean_act_a, fraction), top_units(mean_act_b, fraction))
 
 
+def cka_leave_one_out(x: np.ndarray, y: np.ndarray, *, kernel: str = "linear") -> list[float]:
+    """CKA of ``x`` and ``y`` with each row (item) left out in turn: ``n`` values, the
+    replicates of a jackknife over items (``clipaudit.studies.context.jackknife_interval``)."""
+    x, y = np.asarray(x), np.asarray(y)
+    keep = ~np.eye(len(x), dtype=bool)
+    return [cka(x[k], y[k], kernel=kernel) for k in keep]
+
+
 def class_means(activations: np.ndarray, labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
     """``[len(classes), units]``: mean activation of each class (rows in ``classes`` order)."""
     labels = np.asarray(labels)

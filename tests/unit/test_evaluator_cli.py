@@ -75,6 +75,10 @@ def test_evaluate_clip_checkpoint_with_mechanistic_similarity(collection, clip_c
     for l in pair["layers"]:
         assert -1.0 <= l["cka_linear"] <= 1.0 + 1e-9 and 0.0 <= l["neuron_sharing"] <= 1.0
     assert len(pair["classes"]) >= 4
+    for l in pair["layers"]:    # the jackknife's replicates: one per class left out, from 5 classes on
+        loo = l["cka_linear_leave_one_out"]
+        assert len(loo) == (len(pair["classes"]) if len(pair["classes"]) >= 5 else 0)
+        assert all(-1.0 - 1e-9 <= v <= 1.0 + 1e-9 for v in loo)
     # painting appears only as test_natural's planted contamination (2 images): too few classes, said so
     assert mech["pairs"][2]["layers"] == [] and "at least 4 classes" in mech["pairs"][2]["undefined"]
 

@@ -172,6 +172,18 @@ def test_cka_matches_direct_numpy_implementation():
         assert logic.hsic_unbiased(k, l) == pytest.approx(_hsic_unbiased_reference(k, l), rel=1e-10)
 
 
+def test_cka_leave_one_out_drops_each_item_in_turn():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(7, 4)), rng.normal(size=(7, 5))
+    loo = logic.cka_leave_one_out(x, y)
+    assert len(loo) == 7
+    for i, v in enumerate(loo):
+        rest = [j for j in range(7) if j != i]
+        assert v == pytest.approx(logic.cka(x[rest], y[rest]), rel=1e-12)
+    with pytest.raises(InvalidInput, match="at least 4"):     # 4 items leave 3: too few for unbiased HSIC
+        logic.cka_leave_one_out(x[:4], y[:4])
+
+
 def test_cka_invariances():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(30, 12))

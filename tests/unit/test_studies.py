@@ -321,6 +321,64 @@ def test_demo_command_tiny_preset_two_seeds(tmp_path, capsys):
     assert (out / "summary.html").read_text().count('href="seed-') >= 2
 
 
+def test_jackknife_interval_of_a_mean_is_the_standard_error():
+    from clipaudit.studies.context import jackknife_interval
+
+    vals = np.array([0.3, 0.1, 0.5, 0.2, 0.4, 0.9])
+    loo = [float(np.delete(vals, i).mean()) for i in range(len(vals))]
+    se, ci = jackknife_interval(float(vals.mean()), loo)
+    # for the mean the jackknife standard error is exactly s / sqrt(n)
+    assert se == pytest.approx(vals.std(ddof=1) / np.sqrt(len(vals)), rel=1e-12)
+    assert ci == pytest.approx([vals.mean() - 1.96 * se, vals.mean() + 1.96 * se])
+    assert jackknife_interval(0.5, [0.4]) == (None, [None, None])
+    assert jackknife_interval(0.5, [0.4, None, 0.6]) == (None, [None, None])     # a gap is not dropped
+    assert jackknife_interval(None, [0.4, 0.6]) == (None, [None, None])
+
+
+def _mech_with_loo(values: dict, loo: dict, classes: list[str]) -> dict:
+    """A mechanistic section with one layer per pair: ``values`` pair -> CKA, ``loo`` pair ->
+    the leave-one-class-out CKAs (a list as long as ``classes``)."""
+    domains = list(dict.fromkeys(d for pair in values for d in pair))
+    return {"domains": domains, "pairs": [
+        {"domains": list(pair), "classes": classes,
+         "layers": [{"layer": "l0", "cka_linear": v, "cka_linear_leave_one_out": loo[pair]}]}
+        for pair, v in values.items()]}
+
+
+def test_quickdraw_cka_verdict_reads_the_gap_with_a_jackknife_interval_over_classes():
+    from clipaudit.studies.dg_cg import _quickdraw_cka_finding, quickdraw_cka_gap
+
+    classes = [f"c{i}" for i in range(6)]
+    pairs = [("natural", "sketch"), ("natural", "quickdraw"), ("sketch", "quickdraw")]
+
+    def mech(values, spread):
+        # quickdraw's pairs' leave-one-out values scatter by +-spread around their full value
+        return _mech_with_loo(dict(zip(pairs, values)),
+                              {p: [v + (spread * (-1) ** i if "quickdraw" in p else 0.0) for i in range(len(classes))]
+                               for p, v in zip(pairs, values)}, classes)
+
+    # quickdraw: (0.1 + 0.2) / 2 = 0.15; natural (0.7 + 0.1) / 2 = 0.4; sketch (0.7 + 0.2) / 2 = 0.45
+    g = quickdraw_cka_gap(mech([0.7, 0.1, 0.2], 0.01))
+    assert g["gap"] == pytest.approx(0.25) and g["next_lowest"] == "natural" and g["n_classes"] == 6
+    assert g["ci"][0] > 0
+    f = _quickdraw_cka_finding(mech([0.7, 0.1, 0.2], 0.01))
+    assert f["reproduced"] is True and f["value"] == pytest.approx(0.25)
+    assert "the lowest other domain (natural) minus quickdraw: +0.25 linear CKA" in f["detail"]
+    assert "jackknife interval over the 6 classes" in f["detail"]
+    # the same gap, but one class moves every CKA by 0.5: the data cannot decide
+    assert _quickdraw_cka_finding(mech([0.7, 0.1, 0.2], 0.5))["reproduced"] is None
+    # quickdraw clearly above another domain: the opposite
+    assert _quickdraw_cka_finding(mech([0.1, 0.7, 0.6], 0.01))["reproduced"] is False
+    # no leave-one-out values (an evaluator before them, or too few classes): no interval, no verdict
+    bare = mech([0.7, 0.1, 0.2], 0.01)
+    for p in bare["pairs"]:
+        p["layers"][0]["cka_linear_leave_one_out"] = []
+    f = _quickdraw_cka_finding(bare)
+    assert f["reproduced"] is None and "no interval" in f["detail"] and f["value"] == pytest.approx(0.25)
+    assert _quickdraw_cka_finding(_mech_with_loo({("natural", "sketch"): 0.5}, {("natural", "sketch"): []},
+                                                 classes)) is None
+
+
 def test_mean_cka_per_domain_averages_each_domains_pairs():
     from clipaudit.studies.dg_cg import mean_cka_per_domain
 
