@@ -19,6 +19,8 @@ def register(subparsers) -> None:
     p.add_argument("--similarity-column", help="default: nn_similarity, or the indexer's 'sim'")
     p.add_argument("--bins", type=int, default=10, help="similarity bins (equal width)")
     p.add_argument("--mechanistic", help="two or more domains, e.g. natural,sketch,quickdraw: CKA + neuron sharing per layer, every pair")
+    p.add_argument("--mechanistic-classes", action="append", default=[], metavar="NAME=c1,c2,...",
+                   help="with --mechanistic: every pair again on these classes alone (e.g. held-out=...), repeatable")
     p.add_argument("--subset", action="append", default=[], metavar="NAME=c1,c2,...",
                    help="label subset (candidate classes), repeatable")
     p.add_argument("--one-vs-k", type=int, action="append", default=[], help="1-vs-k accuracy, repeatable")
@@ -36,6 +38,19 @@ def register(subparsers) -> None:
     c.add_argument("--space", choices=["logit", "linear"], default="logit", help="effective-robustness fit space")
     c.add_argument("--out", required=True)
     c.set_defaults(func=cmd_compare)
+
+
+def _named_lists(options: list[str], flag: str) -> dict[str, list[str]]:
+    """Repeated NAME=a,b,c options -> {NAME: [a, b, c]}."""
+    from clipaudit.errors import InvalidInput
+
+    named = {}
+    for s in options:
+        name, sep, classes = s.partition("=")
+        if not sep or not name or not classes:
+            raise InvalidInput(f"{flag} {s!r}: expected NAME=class1,class2,...")
+        named[name] = classes.split(",")
+    return named
 
 
 def _spec_from_args(args) -> dict:
@@ -59,15 +74,12 @@ def _spec_from_args(args) -> dict:
         spec["classnames"] = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
     if args.similarity:
         spec["similarity"] = args.similarity
+    if args.mechanistic_classes and not args.mechanistic:
+        raise InvalidInput("--mechanistic-classes needs --mechanistic (the domains to compare)")
     if args.mechanistic:
-        spec["mechanistic"] = {"domains": args.mechanistic.split(",")}
-    subsets = {}
-    for s in args.subset:
-        name, sep, classes = s.partition("=")
-        if not sep or not classes:
-            raise InvalidInput(f"--subset {s!r}: expected NAME=class1,class2,...")
-        subsets[name] = classes.split(",")
-    spec["label_subsets"] = subsets
+        spec["mechanistic"] = {"domains": args.mechanistic.split(","),
+                               "class_subsets": _named_lists(args.mechanistic_classes, "--mechanistic-classes")}
+    spec["label_subsets"] = _named_lists(args.subset, "--subset")
     for k in ("family", "label"):
         if getattr(args, k):
             spec[k] = getattr(args, k)

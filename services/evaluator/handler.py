@@ -39,12 +39,23 @@ class MechanisticSpec(BaseModel):
     domains: list[str] = Field(min_length=2)
     column: str = "domain"
     top_fraction: float = Field(0.1, gt=0, le=1)
+    # named class lists (e.g. the held-out and the seen classes): every pair again on those classes alone,
+    # as the study-3 paper scores its "ood" and "id" classes apart from all of them
+    class_subsets: dict[str, list[str]] = Field(default_factory=dict)
 
     @field_validator("domains")
     @classmethod
     def _distinct(cls, v: list[str]) -> list[str]:
         if len(set(v)) != len(v):
             raise ValueError(f"domains must be distinct, got {v}")
+        return v
+
+    @field_validator("class_subsets")
+    @classmethod
+    def _named_lists(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, classes in v.items():
+            if not classes or len(set(classes)) != len(classes):
+                raise ValueError(f"class subset {name!r} must list distinct classes, got {classes}")
         return v
 
 
@@ -331,7 +342,7 @@ class Evaluator:
     def _mechanistic(pooled, mech: MechanisticSpec) -> dict:
         """CKA and neuron sharing between every pair of ``mech.domains`` over all test sets
         evaluated (the images are encoded once): per pair, rows are the classes both
-        domains have (by name), in sorted order."""
+        domains have (by name), in sorted order; then the same per named class subset."""
         col = mech.column
         metas, names, acts = [], [], {}
         for t in pooled:
@@ -344,11 +355,16 @@ class Evaluator:
         dom = np.concatenate(metas)
         cls = np.concatenate(names)
         acts = {layer: np.concatenate(parts) for layer, parts in acts.items()}
-        pairs = [_mechanistic_pair(dom, cls, acts, a, b, mech.top_fraction)
-                 for i, a in enumerate(mech.domains) for b in mech.domains[i + 1:]]
+
+        def pairs(only: list[str] | None = None) -> list[dict]:
+            return [_mechanistic_pair(dom, cls, acts, a, b, mech.top_fraction, only)
+                    for i, a in enumerate(mech.domains) for b in mech.domains[i + 1:]]
+
         return {"column": col, "domains": list(mech.domains),
                 "neuron_sharing_rule": f"top {mech.top_fraction:.0%} units by mean activation per domain, Jaccard",
-                "pairs": pairs}
+                "pairs": pairs(),
+                "class_subsets": {name: {"classes": list(classes), "pairs": pairs(classes)}
+                                  for name, classes in mech.class_subsets.items()}}
 
     @staticmethod
     def _write_predictions(out: Store, pooled) -> None:
@@ -438,8 +454,12 @@ class Evaluator:
 
 
 def _mechanistic_pair(dom: np.ndarray, cls: np.ndarray, acts: dict[str, np.ndarray], a_dom: str, b_dom: str,
-                      top_fraction: float) -> dict:
-    """One pair of domains: CKA of class-mean activations and neuron sharing, per layer."""
+                      top_fraction: float, only: list[str] | None = None) -> dict:
+    """One pair of domains: CKA of class-mean activations and neuron sharing, per layer; on the
+    classes both domains have (of ``only``, when given: images of other classes are left out)."""
+    if only is not None:
+        keep = np.isin(cls, only)
+        dom, cls, acts = dom[keep], cls[keep], {layer: a[keep] for layer, a in acts.items()}
     shared = sorted(set(cls[dom == a_dom]) & set(cls[dom == b_dom]))
     result = {"domains": [a_dom, b_dom], "classes": shared,
               "n": {a_dom: int((dom == a_dom).sum()), b_dom: int((dom == b_dom).sum())}, "layers": []}

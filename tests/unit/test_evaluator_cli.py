@@ -50,6 +50,8 @@ def supervised_ckpt(tmp_path_factory, collection):
 def test_evaluate_clip_checkpoint_with_mechanistic_similarity(collection, clip_ckpt, tmp_path, capsys):
     tests = ",".join(str(collection / s) for s in ("test_natural", "test_sketch", "test_common", "test_counter"))
     rc = main(["evaluate", "--checkpoint", str(clip_ckpt), "--test", tests, "--mechanistic", "natural,sketch,painting",
+               "--mechanistic-classes", "four=circle,square,triangle,star",
+               "--mechanistic-classes", "two=circle,square",
                "--subset", "held=circle,square,triangle", "--one-vs-k", "5", "--templates", "a photo of a {c}.",
                "--out", str(tmp_path / "rep"), "--quiet"])
     assert rc == 0
@@ -81,6 +83,15 @@ def test_evaluate_clip_checkpoint_with_mechanistic_similarity(collection, clip_c
         assert all(-1.0 - 1e-9 <= v <= 1.0 + 1e-9 for v in loo)
     # painting appears only as test_natural's planted contamination (2 images): too few classes, said so
     assert mech["pairs"][2]["layers"] == [] and "at least 4 classes" in mech["pairs"][2]["undefined"]
+    # a class subset: the same pairs on those classes alone (rows of other classes left out)
+    four = mech["class_subsets"]["four"]
+    assert four["classes"] == ["circle", "square", "triangle", "star"]
+    sub = four["pairs"][0]
+    assert sub["domains"] == ["natural", "sketch"] and set(sub["classes"]) <= set(four["classes"])
+    assert sub["n"]["natural"] < pair["n"]["natural"] and sub["n"]["sketch"] < pair["n"]["sketch"]
+    if len(sub["classes"]) == 4:       # 4 classes: defined, but too few for the leave-one-out
+        assert sub["layers"] and all(l["cka_linear_leave_one_out"] == [] for l in sub["layers"])
+    assert all("at least 4 classes" in p["undefined"] for p in mech["class_subsets"]["two"]["pairs"])
 
 
 def test_supervised_classifier_matches_a_direct_forward_pass(collection, supervised_ckpt, tmp_path, capsys):
@@ -121,6 +132,8 @@ def test_supervised_classifier_matches_a_direct_forward_pass(collection, supervi
     (["--checkpoint", "clipaudit-tiny@/nonexistent/ckpt.pt"], 3, "does not exist"),
     (["--test", "/nonexistent/test_set"], 3, "does not exist"),
     (["--subset", "held=circle,unicorn"], 2, "unicorn"),
+    (["--subset", "circle,square"], 2, "expected NAME=class1,class2"),
+    (["--mechanistic-classes", "held=circle,square"], 2, "--mechanistic-classes needs --mechanistic"),
 ])
 def test_bad_input_is_one_line_and_an_exit_code(collection, tmp_path, capsys, args, code, words):
     base = {"--checkpoint": "clipaudit-tiny", "--test": str(collection / "test_natural"), "--out": str(tmp_path / "o")}

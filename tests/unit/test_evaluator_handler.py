@@ -171,6 +171,8 @@ def test_compare_effective_robustness(known_set, tmp_path):
     ({"no_such_option": 1}, InvalidInput, "no_such_option"),
     ({"mechanistic": {"domains": ["natural", "natural"]}}, InvalidInput, "domains must be distinct"),
     ({"mechanistic": {"domains": ["natural"]}}, InvalidInput, "domains"),
+    ({"mechanistic": {"domains": ["natural", "sketch"], "class_subsets": {"held": []}}}, InvalidInput,
+     "class subset 'held' must list distinct classes"),
 ])
 def test_bad_specs_are_one_clear_error(known_set, tmp_path, spec, error, match):
     root, _ = known_set

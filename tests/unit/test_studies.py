@@ -266,6 +266,14 @@ def test_all_four_studies_end_to_end_tiny(tmp_path):
     assert "Per held-out class" in (tmp_path / "run" / "report.html").read_text()
     mech = s3["mechanistic"]
     assert len(mech["pairs"]) == 10 and all(p["layers"] for p in mech["pairs"])   # every pair of 5 domains
+    # the held-out and the seen classes apart, as the paper's script scores them; the verdict's gap on all
+    assert mech["class_subsets"]["held-out"]["classes"] == s3["held_out_classes"]
+    assert set(mech["class_subsets"]["seen"]["classes"]).isdisjoint(s3["held_out_classes"])
+    gaps = s3["quickdraw_cka_gap"]
+    assert set(gaps) == {"all", "held-out", "seen"} and gaps["all"]["n_classes"] == 10
+    cka_finding = next(f for f in data["findings"] if f["claim"].startswith("quickdraw shows the lowest"))
+    assert cka_finding["value"] == pytest.approx(gaps["all"]["gap"])
+    assert "the same gap on the held-out classes alone" in cka_finding["detail"]
     s4 = data["studies"]["backgrounds"]
     assert {r["family"] for r in s4["rows"]} == {"CLIP", "supervised"}
     # training noise: the full model rerun with one other training seed, on every standard test set
@@ -377,6 +385,15 @@ def test_quickdraw_cka_verdict_reads_the_gap_with_a_jackknife_interval_over_clas
     assert f["reproduced"] is None and "no interval" in f["detail"] and f["value"] == pytest.approx(0.25)
     assert _quickdraw_cka_finding(_mech_with_loo({("natural", "sketch"): 0.5}, {("natural", "sketch"): []},
                                                  classes)) is None
+    # class subsets are reported beside the verdict, never instead of it
+    m = mech([0.7, 0.1, 0.2], 0.01)
+    m["class_subsets"] = {"held-out": {"classes": classes[:5], "pairs": mech([0.2, 0.6, 0.6], 0.01)["pairs"]},
+                          "seen": {"classes": classes[5:], "pairs": [
+                              {"domains": list(p), "layers": [], "undefined": "needs at least 4 classes"} for p in pairs]}}
+    f = _quickdraw_cka_finding(m)
+    assert f["reproduced"] is True and f["value"] == pytest.approx(0.25)
+    assert "the same gap on the held-out classes alone: -0.20 (" in f["detail"]
+    assert "on the seen classes alone: undefined (too few classes)" in f["detail"]
 
 
 def test_mean_cka_per_domain_averages_each_domains_pairs():
