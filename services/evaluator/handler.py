@@ -355,6 +355,10 @@ class Evaluator:
         dom = np.concatenate(metas)
         cls = np.concatenate(names)
         acts = {layer: np.concatenate(parts) for layer, parts in acts.items()}
+        for name, classes in mech.class_subsets.items():
+            unknown = sorted(set(classes) - set(cls))
+            if unknown:
+                raise InvalidInput(f"mechanistic class subset {name!r}: {unknown[:5]} not among the test sets' classes")
 
         def pairs(only: list[str] | None = None) -> list[dict]:
             return [_mechanistic_pair(dom, cls, acts, a, b, mech.top_fraction, only)

@@ -134,6 +134,7 @@ def test_supervised_classifier_matches_a_direct_forward_pass(collection, supervi
     (["--subset", "held=circle,unicorn"], 2, "unicorn"),
     (["--subset", "circle,square"], 2, "expected NAME=class1,class2"),
     (["--mechanistic-classes", "held=circle,square"], 2, "--mechanistic-classes needs --mechanistic"),
+    (["--mechanistic", "natural,sketch", "--mechanistic-classes", "held=circle,unicorn"], 2, "['unicorn'] not among"),
 ])
 def test_bad_input_is_one_line_and_an_exit_code(collection, tmp_path, capsys, args, code, words):
     base = {"--checkpoint": "clipaudit-tiny", "--test": str(collection / "test_natural"), "--out": str(tmp_path / "o")}
