@@ -32,6 +32,10 @@ def print_summary(report: dict, out_dir) -> None:
     Console().print(t)
     if report.get("training_noise"):
         print(f"training noise: {report['training_noise']['summary']}")
+    other = report.get("reused_from_other_code") or []
+    if other:
+        print(f"warning: {len(other)} step(s) were reused from a run by other code (e.g. {other[0]}); "
+              f"their numbers are that code's. A fresh --out recomputes everything.")
     print(f"report: {out_dir}/report.html  (data: {out_dir}/report.json; {report['timings']['total_s']} s)")
 
 

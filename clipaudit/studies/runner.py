@@ -96,6 +96,8 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, *, ops=None, out: str | Non
         "training_noise": training_noise,
         "timings": {"total_s": round(time.perf_counter() - t0, 1), "per_study_s": ws.timings(),
                     "steps": [r.__dict__ for r in ws.records]},
+        # steps reused from an earlier run whose code differed from this run's: their numbers are the old code's
+        "reused_from_other_code": ws.reused_from_other_code(),
     }
     write_report(report, ws.root)
     return report

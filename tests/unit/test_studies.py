@@ -304,6 +304,7 @@ def test_all_four_studies_end_to_end_tiny(tmp_path):
     again = run_study(cfg, tmp_path / "run")
     assert again["findings"] == report["findings"]
     assert all(s["cached"] for s in again["timings"]["steps"])
+    assert again["reused_from_other_code"] == []      # same code: nothing to warn about
     with pytest.raises(InvalidInput, match="cg_domains"):
         run_study(load_config("demo", **TINY, studies=["dg_cg"], **{"dg_cg.cg_domains": ["sketch", "infograph"]}),
                   tmp_path / "run")
@@ -327,6 +328,33 @@ def test_demo_command_tiny_preset_two_seeds(tmp_path, capsys):
     assert summary["seeds"] == [0, 1] and summary["findings"]
     assert all(f["seeds"] == 2 for f in summary["findings"])
     assert (out / "summary.html").read_text().count('href="seed-') >= 2
+
+
+def test_a_step_reused_from_other_code_is_flagged_not_silently_passed_off(tmp_path, monkeypatch):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from clipaudit.studies import workspace
+    from clipaudit.studies.workspace import Workspace, code_fingerprint
+
+    assert len(code_fingerprint()) == 16 and code_fingerprint() == code_fingerprint()
+    calls = []
+
+    def run(ws):
+        return ws.step("evaluate/x", lambda: calls.append(1) or {"acc": 0.5}, inputs={"model": "m"})
+
+    first = Workspace(tmp_path, console=Console(file=StringIO()))
+    assert run(first) == {"acc": 0.5} and first.reused_from_other_code() == []
+    same = Workspace(tmp_path, console=Console(file=StringIO()))
+    assert run(same) == {"acc": 0.5} and same.reused_from_other_code() == [] and calls == [1]
+    # an upgrade: the inputs still decide reuse, but the step says whose numbers they are
+    monkeypatch.setattr(workspace, "code_fingerprint", lambda: "another-version")
+    out = StringIO()
+    later = Workspace(tmp_path, console=Console(file=out, width=200))
+    assert run(later) == {"acc": 0.5} and calls == [1]
+    assert later.reused_from_other_code() == ["evaluate/x"] and later.records[0].other_code
+    assert "done before by other code, reused" in out.getvalue()
 
 
 def test_jackknife_interval_of_a_mean_is_the_standard_error():
