@@ -356,8 +356,8 @@ def mean_cka_per_domain(mech: dict | None) -> dict[str, float]:
 def quickdraw_cka_gap(mech: dict | None) -> dict | None:
     """How far quickdraw's mean linear CKA (:func:`mean_cka_per_domain`) lies below the lowest
     other domain's, with a jackknife interval over classes: the statistic is recomputed with
-    each class left out of every pair (the evaluator's ``cka_linear_leave_one_out``). With
-    ten class means a CKA moves by tenths when one class goes, so a bare "which domain is
+    each class left out of every pair (the evaluator's ``cka_linear_leave_one_out``). On ten
+    synthetic classes one class moves the gap by up to about 0.1, so a bare "which domain is
     lowest" would call differences of a few hundredths. None without quickdraw or a defined
     mean for every domain; the interval is missing when the pairs do not share one class list."""
     cka = mean_cka_per_domain(mech)
