@@ -38,7 +38,7 @@ from clipaudit.synth.render import NO_BACKGROUND, render
 # pool, the reference carries the ID test set's rendition share; 3: quickdraw doodles some classes as
 # stick figures, and its strokes wander by warping, not by offsetting the outline; a painting's background
 # follows its class as a photo's does; 4: a painting turns the scene's hues and posterises it, every default class
-# is doodled as a stick figure, 40% of clipart is line art)
+# is doodled as a symbol of its own, 40% of clipart is line art)
 GENERATOR_VERSION = "clipaudit.synth/4"
 CHUNK = 256
 SAMPLE_FIELDS = ["key", "class", "class_id", "domain", "domain_group", "background", "group", "split",

@@ -177,7 +177,7 @@ def shape_sdf(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def doodle_distance(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Distance to the strokes a doodler draws for ``name``: its stick figure where it has
+    """Distance to the strokes a doodler draws for ``name``: its symbol where it has
     one, else its outline (the absolute SDF)."""
     fn = DOODLES.get(name)
     d = fn(u, v) if fn else np.abs(SHAPES[name](u, v))
