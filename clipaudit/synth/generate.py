@@ -38,8 +38,10 @@ from clipaudit.synth.render import NO_BACKGROUND, render
 # pool, the reference carries the ID test set's rendition share; 3: quickdraw doodles some classes as
 # stick figures, and its strokes wander by warping, not by offsetting the outline; a painting's background
 # follows its class as a photo's does; 4: a painting turns the scene's hues and posterises it, every default class
-# is doodled as a symbol of its own, 40% of clipart is line art)
-GENERATOR_VERSION = "clipaudit.synth/4"
+# is doodled as a symbol of its own, 40% of clipart is line art; 5: a split test_domains, every domain with each
+# class's photos and paintings on every background alike, for study 3's mechanistic similarity; the other
+# splits' images are unchanged)
+GENERATOR_VERSION = "clipaudit.synth/5"
 CHUNK = 256
 SAMPLE_FIELDS = ["key", "class", "class_id", "domain", "domain_group", "background", "group", "split",
                  "near_duplicate_of", "seed"]

@@ -17,12 +17,15 @@ from clipaudit.synth.presets import Preset
 NONE_BG = -1
 GROUPS = ("common", "counter", "none")
 COMMON, COUNTER, NO_GROUP = 0, 1, 2
+# every domain, with each class's photos and paintings spread evenly over every background: the
+# images that study 3's mechanistic similarity compares (see _Builder.domains_probe)
+DOMAINS_PROBE = "test_domains"
 
 
 def split_names(preset: Preset) -> list[str]:
     """Output order of the splits."""
     return ["train", "reference", "test_natural", *(f"test_{s}" for s in preset.rendition_styles),
-            "test_common", "test_counter"]
+            "test_common", "test_counter", DOMAINS_PROBE]
 
 
 def near_duplicate_sources(preset: Preset) -> list[str]:
@@ -109,6 +112,15 @@ class _Builder:
                 bg[chosen] = self.common[k]
         return cls, bg
 
+    def balanced_backgrounds(self, cls: np.ndarray, rng) -> np.ndarray:
+        """Each class's rows cycle through every background from a random start, so every
+        background holds a class's rows equally often (to within one)."""
+        bg = np.empty(len(cls), np.int64)
+        for k in range(self.K):
+            idx = np.flatnonzero(cls == k)
+            bg[idx] = (int(rng.integers(self.B)) + np.arange(len(idx))) % self.B
+        return bg
+
     def rendition_rows(self, n: int, rng, styles: list[str]):
         """Rendition rows spread evenly over ``styles``: (cls, domain, background)."""
         counts = _spread(n, len(styles))
@@ -171,6 +183,23 @@ class _Builder:
             bg = np.concatenate([b1, b2])
         return self.finish(name, "test", nominal, cls, dom, bg, rng)
 
+    def domains_probe(self) -> SplitPlan:
+        """``probe_size`` images of every domain, classes balanced, no contamination, and the photos
+        and paintings of each class on every background equally often. Study 3 compares class-mean
+        activations across domains; in the test sets ~90% of a class's photos and paintings sit
+        on the common background it shares with another class, so their class means pair the
+        classes by background, a pairing drawn anew with each collection seed that sketches,
+        clipart and doodles (no background) do not share. Here the background averages out of
+        every class mean."""
+        p, rng = self.p, _rng(self.seed, DOMAINS_PROBE)
+        cls, bg = [], []
+        for d in p.domains:
+            c = _balanced(p.probe_size, self.K, rng)
+            cls.append(c)
+            bg.append(self.balanced_backgrounds(c, rng) if d in ("natural", "painting") else np.full(len(c), NONE_BG))
+        dom = np.repeat(np.arange(len(p.domains)), p.probe_size)
+        return self.finish(DOMAINS_PROBE, "test", None, np.concatenate(cls), dom, np.concatenate(bg), rng)
+
     def reference(self) -> SplitPlan:
         """ImageNet-train's role. The ID test set (ImageNet-val's role) is drawn from the same
         distribution, so both carry the same share of renditions (``test_contamination``): with a
@@ -225,6 +254,6 @@ def make_plan(preset: Preset, seed: int) -> CollectionPlan:
         tests[f"test_{s}"] = b.test_split(f"test_{s}", s, "rendition")
     tests["test_common"] = b.test_split("test_common", "natural", "common")
     tests["test_counter"] = b.test_split("test_counter", "natural", "counter")
-    splits = {"train": b.train(tests), "reference": b.reference(), **tests}
+    splits = {"train": b.train(tests), "reference": b.reference(), **tests, DOMAINS_PROBE: b.domains_probe()}
     splits = {name: splits[name] for name in split_names(preset)}
     return CollectionPlan(preset=preset, seed=seed, common_background=common, held_out=held_out, splits=splits)

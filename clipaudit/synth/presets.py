@@ -25,6 +25,10 @@ class Preset(BaseModel):
     n_reference: int = Field(ge=1, description="reference set (ImageNet-train's role): natural photos drawn like "
                              "the ID test set's, test_contamination of them renditions")
     n_test: int = Field(ge=1, description="images per test set")
+    n_probe: int | None = Field(None, ge=1, description="images per domain in test_domains (study 3's mechanistic "
+                                "probe); default 2 x n_test: its class means of photos and paintings average ten "
+                                "backgrounds, and with 100 images per class the tiny CLIP's quickdraw gap was half "
+                                "as large as with 200")
     train_rendition_share: float = Field(0.2, ge=0, le=1, description="renditions in the training pool, split evenly over styles")
     p_common: float = Field(0.9, ge=0, le=1, description="natural train/reference photos on their class's common background")
     classes_per_common_background: int = Field(
@@ -56,6 +60,10 @@ class Preset(BaseModel):
         if self.n_held_out >= len(self.classes):
             raise ValueError("n_held_out must leave at least one class seen")
         return self
+
+    @property
+    def probe_size(self) -> int:
+        return self.n_probe or 2 * self.n_test
 
     @property
     def domains(self) -> list[str]:

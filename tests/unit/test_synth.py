@@ -56,7 +56,7 @@ def test_layout_and_counts_match_collection_json(tiny, samples):
     preset = PRESETS["tiny"]
     assert report.total == sum(report.counts.values()) == sum(s.count for s in coll.splits.values())
     assert list(coll.splits) == ["train", "reference", "test_natural", "test_sketch", "test_clipart",
-                                 "test_painting", "test_quickdraw", "test_common", "test_counter"]
+                                 "test_painting", "test_quickdraw", "test_common", "test_counter", "test_domains"]
     assert coll.splits["train"].count == preset.n_train and coll.splits["reference"].count == preset.n_reference
     store = open_store(out)
     for name, info in coll.splits.items():
@@ -215,6 +215,49 @@ def test_near_duplicates_point_at_test_images_and_look_alike(samples):
                   and t["__key__"] != src["__key__"]][:5]
         assert mse < 0.01, (d["__key__"], mse)
         assert all(mse * 4 < float(((a - o) ** 2).mean()) for o in others)
+
+
+def test_domains_probe_balances_every_class_over_every_background(samples):
+    """test_domains (study 3's mechanistic probe): every domain alike, no contamination, and a
+    class's photos and paintings on each background equally often, so no background is part
+    of a class mean."""
+    coll, by_split = samples
+    preset = PRESETS["tiny"]
+    rows = [s["json"] for s in by_split["test_domains"]]
+    info = coll.splits["test_domains"]
+    assert info.nominal_domain is None and info.contaminated == 0 and info.near_duplicates == 0
+    assert Counter(r["domain"] for r in rows) == {d: preset.probe_size for d in preset.domains}
+    for d in preset.domains:
+        per_class = Counter(r["class"] for r in rows if r["domain"] == d)
+        assert set(per_class) == set(preset.classes) and max(per_class.values()) - min(per_class.values()) <= 1
+        for c in preset.classes:
+            bgs = Counter(r["background"] for r in rows if r["domain"] == d and r["class"] == c)
+            if d in ("natural", "painting"):
+                # tiny: 80 per domain, 8 per class: eight different backgrounds
+                assert set(bgs) <= set(coll.backgrounds) and set(bgs.values()) == {1}
+            else:
+                assert set(bgs) == {"none"}
+
+
+def test_domains_probe_plan_puts_each_class_on_every_background_alike():
+    from clipaudit.synth.plan import DOMAINS_PROBE, make_plan
+    from clipaudit.synth.presets import Preset
+
+    preset = Preset(name="probe", n_train=100, n_reference=20, n_test=40, n_probe=200)
+    sp = make_plan(preset, seed=3).splits[DOMAINS_PROBE]
+    B = len(preset.backgrounds)
+    for d in ("natural", "painting"):
+        di = preset.domains.index(d)
+        for k in range(len(preset.classes)):
+            bg = sp.background[(sp.domain == di) & (sp.cls == k)]
+            assert len(bg) == 20 and np.bincount(bg, minlength=B).tolist() == [2] * B
+    assert (sp.background[~np.isin(sp.domain, [0, preset.domains.index("painting")])] == -1).all()
+    assert (sp.perturb == 0).all() and all(x is None for x in sp.dup_of)
+    # the other splits do not depend on it: their rows are drawn from streams of their own
+    other = make_plan(preset.model_copy(update={"n_probe": 50}), seed=3)
+    for name, split in make_plan(preset, seed=3).splits.items():
+        if name != DOMAINS_PROBE:
+            assert (split.seed == other.splits[name].seed).all() and (split.cls == other.splits[name].cls).all()
 
 
 def test_backgrounds_follow_the_class_mapping(samples):
