@@ -126,6 +126,14 @@ class DgCgStudy(_Strict):
     test_domain: str = "sketch"
     held_out_classes: list[str] | None = Field(None, description="default: the collection's held_out_classes")
     mechanistic_domains: list[str] = Field(default_factory=lambda: ["natural", "sketch", "clipart", "painting", "quickdraw"])
+    mechanistic_test_sets: list[str] | None = Field(
+        None, min_length=1,
+        description="the test sets whose images CKA and neuron sharing compare, grouped by their domain column; "
+                    "default: test_<domain> of each mechanistic domain. The synthetic collection's test_domains holds "
+                    "every domain with each class's photos and paintings on every background alike: in the test sets "
+                    "a class's photos mostly sit on the background it shares with one other class, which pairs "
+                    "classes in the class means of two domains and not of the others. When set, the gap on the "
+                    "default test sets is reported beside it")
     size: int | None = Field(
         None, ge=1,
         description="images per training mixture (natural images fill each mixture to it); default: every natural "

@@ -88,6 +88,11 @@ def run(ctx: StudyContext, base: dict) -> dict:
     cg_doms = list(dict.fromkeys(cfg.cg_domains if cfg.cg_domains is not None
                                  else [D] + (["quickdraw"] if "quickdraw" in renditions else [])))
     evaluated = set(d.id_tests) | set(d.ood_tests)
+    probe_sets = list(cfg.mechanistic_test_sets or [_test_set_of(dom) for dom in dict.fromkeys(cfg.mechanistic_domains)])
+    missing = [t for t in probe_sets if t not in coll.splits]
+    if missing:
+        raise InvalidInput(f"dg_cg.mechanistic_test_sets {missing} are not splits of the collection "
+                           f"({', '.join(coll.splits)})")
     bad = [x for x in cg_doms if x not in renditions or _test_set_of(x) not in evaluated]
     if bad:
         raise InvalidInput(f"dg_cg.cg_domains {bad} need to be rendition domains of the pool "
@@ -205,17 +210,25 @@ def run(ctx: StudyContext, base: dict) -> dict:
         })
 
     # mechanistic similarity between every pair of domains, per layer (the CG high-diversity model, which
-    # saw every domain); one evaluation encodes each domain's test set once. As in the paper's script, also
-    # on the held-out classes alone and on the seen classes alone
+    # saw every domain); one evaluation encodes the probe's images once. As in the paper's script, also
+    # on the held-out classes alone and on the seen classes alone. With ``mechanistic_test_sets`` (the
+    # demo: test_domains, backgrounds balanced per class) the default test sets are probed too, for comparison
     doms = list(dict.fromkeys(cfg.mechanistic_domains))
-    mech = None
+    mech = mech_test_sets = None
     if len(doms) >= 2:
         subsets = {"held-out": list(C), "seen": [c for c in coll.classes if c not in C]}
-        ev = ctx.evaluate("s3-cg-high", runs["cg-high"], [_test_set_of(dom) for dom in doms],
-                          spec={"mechanistic": {"domains": doms, "column": "domain",
-                                                "class_subsets": {k: v for k, v in subsets.items() if v}}},
-                          tag="-mech")
-        mech = ctx.report_json(ev).get("mechanistic")
+
+        def probe(test_sets: list[str], tag: str) -> dict | None:
+            ev = ctx.evaluate("s3-cg-high", runs["cg-high"], test_sets,
+                              spec={"mechanistic": {"domains": doms, "column": "domain",
+                                                    "class_subsets": {k: v for k, v in subsets.items() if v}}},
+                              tag=tag)
+            return ctx.report_json(ev).get("mechanistic")
+
+        default_sets = [_test_set_of(dom) for dom in doms]
+        mech = probe(probe_sets, "-mech")
+        if probe_sets != default_sets:
+            mech_test_sets = probe(default_sets, "-mech-test-sets")
 
     findings = []
     # per training seed and mixture: D's images of the held-out classes, every class fold's together
@@ -260,7 +273,7 @@ def run(ctx: StudyContext, base: dict) -> dict:
                             f"low-diversity model that did not: {format_effect(unseen)} (same images, same mixture size); "
                             f"inside the (first fold's) CG low model, {D} seen classes {_pct(seen)} vs held-out {_pct(held)} "
                             f"(different classes, so class difficulty is mixed in); {unseen_classes}"))
-    cka_finding = _quickdraw_cka_finding(mech)
+    cka_finding = _quickdraw_cka_finding(mech, mech_test_sets, probe_sets)
     if cka_finding:
         findings.append(cka_finding)
     fails = _quickdraw_fails_finding(cg_per_domain, n_classes=len(coll.classes), folds=len(folds))
@@ -276,6 +289,10 @@ def run(ctx: StudyContext, base: dict) -> dict:
         # the lowest other domain's mean linear CKA minus quickdraw's, with its jackknife interval over
         # classes: on every class (the verdict's) and on each class subset of ``mechanistic``
         "quickdraw_cka_gap": {"all": quickdraw_cka_gap(mech), **cka_gap_per_class_subset(mech)},
+        # the same two on the default test sets (test_<domain>) when ``mechanistic_test_sets`` names others
+        "mechanistic_test_sets": probe_sets,
+        "mechanistic_on_default_test_sets": mech_test_sets,
+        "quickdraw_cka_gap_on_default_test_sets": None if mech_test_sets is None else quickdraw_cka_gap(mech_test_sets),
         # CG high-diversity per domain (the first training seed): accuracy on that domain's images of the
         # held-out classes (every class fold's), of the first fold's seen classes, and natural-only's on the
         # same held-out images
@@ -386,14 +403,17 @@ def quickdraw_cka_gap(mech: dict | None) -> dict | None:
             "next_lowest": min(others, key=others.get), "leave_one_out": loo}
 
 
-def _quickdraw_cka_finding(mech: dict | None) -> dict | None:
+def _quickdraw_cka_finding(mech: dict | None, mech_test_sets: dict | None = None,
+                           probe_sets: list[str] | None = None) -> dict | None:
     """The verdict on "quickdraw shows the lowest mechanistic similarity": the gap of
     :func:`quickdraw_cka_gap` and its interval, read like every other effect (above zero:
-    reproduced, below: the opposite, across zero: undetermined)."""
+    reproduced, below: the opposite, across zero: undetermined). ``mech_test_sets``: the
+    same probe on the default test sets, whose gap the detail reports beside it."""
     g = quickdraw_cka_gap(mech)
     if g is None:
         return None
     cka = g["per_domain"]
+    as_drawn = quickdraw_cka_gap(mech_test_sets)
     with_natural = {next(d for d in p["domains"] if d != "natural"): mean_over_layers(p)
                     for p in mech["pairs"] if "natural" in p["domains"]}
     subsets = []
@@ -403,14 +423,18 @@ def _quickdraw_cka_finding(mech: dict | None) -> dict | None:
     return finding(
         "dg_cg", "quickdraw shows the lowest mechanistic similarity to the other domains",
         direction(g["ci"]), g["gap"],
-        f"the lowest other domain ({g['next_lowest']}) minus quickdraw: {g['gap']:+.2f} linear CKA ({_interval(g)}); "
+        (f"class means of {', '.join(probe_sets)}: " if probe_sets else "")
+        + f"the lowest other domain ({g['next_lowest']}) minus quickdraw: {g['gap']:+.2f} linear CKA ({_interval(g)}); "
         "mean linear CKA over layers and over each domain's pairs with the other domains: "
         + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cka.items(), key=lambda kv: kv[1]))
         + ("; with natural images alone: " + ", ".join(
             f"{k} {v:.2f}" for k, v in sorted(with_natural.items(), key=lambda kv: kv[1])
             if v is not None) if with_natural else "")
         + ("; the same gap on the " + "; on the ".join(subsets) + " (reported, not the verdict: a CKA of a "
-           "few class means is wide)" if subsets else ""))
+           "few class means is wide)" if subsets else "")
+        + ("" if as_drawn is None else
+           f"; on each domain's test set (test_<domain>) instead: {as_drawn['gap']:+.2f} ({_interval(as_drawn)}), "
+           f"lowest other domain {as_drawn['next_lowest']}"))
 
 
 def cka_gap_per_class_subset(mech: dict | None) -> dict[str, dict | None]:

@@ -274,6 +274,12 @@ def test_all_four_studies_end_to_end_tiny(tmp_path):
     cka_finding = next(f for f in data["findings"] if f["claim"].startswith("quickdraw shows the lowest"))
     assert cka_finding["value"] == pytest.approx(gaps["all"]["gap"])
     assert "the same gap on the held-out classes alone" in cka_finding["detail"]
+    # the demo probes test_domains (backgrounds balanced per class) and reports the test sets' gap beside it
+    assert s3["mechanistic_test_sets"] == ["test_domains"]
+    assert s3["mechanistic_on_default_test_sets"]["domains"] == mech["domains"]
+    assert s3["quickdraw_cka_gap_on_default_test_sets"]["n_classes"] == 10
+    assert cka_finding["detail"].startswith("class means of test_domains: ")
+    assert "on each domain's test set (test_<domain>) instead: " in cka_finding["detail"]
     s4 = data["studies"]["backgrounds"]
     assert {r["family"] for r in s4["rows"]} == {"CLIP", "supervised"}
     # training noise: the full model rerun with one other training seed, on every standard test set
@@ -308,6 +314,9 @@ def test_all_four_studies_end_to_end_tiny(tmp_path):
     with pytest.raises(InvalidInput, match="cg_domains"):
         run_study(load_config("demo", **TINY, studies=["dg_cg"], **{"dg_cg.cg_domains": ["sketch", "infograph"]}),
                   tmp_path / "run")
+    with pytest.raises(InvalidInput, match=r"mechanistic_test_sets \['test_infograph'\] are not splits"):
+        run_study(load_config("demo", **TINY, studies=["dg_cg"],
+                              **{"dg_cg.mechanistic_test_sets": ["test_domains", "test_infograph"]}), tmp_path / "run")
 
 
 @pytest.mark.slow
@@ -422,6 +431,12 @@ def test_quickdraw_cka_verdict_reads_the_gap_with_a_jackknife_interval_over_clas
     assert f["reproduced"] is True and f["value"] == pytest.approx(0.25)
     assert "the same gap on the held-out classes alone: -0.20 (" in f["detail"]
     assert "on the seen classes alone: undefined (too few classes)" in f["detail"]
+    assert "test_<domain>" not in f["detail"] and "class means of" not in f["detail"]
+    # another probe's gap (the default test sets) is reported beside the verdict, never instead of it
+    f = _quickdraw_cka_finding(mech([0.7, 0.1, 0.2], 0.01), mech([0.1, 0.7, 0.6], 0.01), ["probe"])
+    assert f["reproduced"] is True and f["value"] == pytest.approx(0.25)
+    assert f["detail"].startswith("class means of probe: the lowest other domain (natural)")
+    assert "on each domain's test set (test_<domain>) instead: -0.30 (" in f["detail"]
 
 
 def test_mean_cka_per_domain_averages_each_domains_pairs():
