@@ -231,6 +231,8 @@ def plot_cka(s3: dict) -> str:
     layers = [l["layer"] for l in pairs[0]["layers"]]
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 0.9 + 0.45 * max(len(doms), len(pairs)) + 1.2))
+    if s3.get("mechanistic_test_sets"):
+        fig.suptitle(f"class means of {', '.join(s3['mechanistic_test_sets'])}", fontsize=9)
     for ax, key, title in ((axes[0], "cka_linear", "linear CKA (mean over layers)"),
                            (axes[1], "neuron_sharing", "neuron sharing (Jaccard, mean over layers)")):
         m = np.eye(len(doms))
