@@ -93,6 +93,10 @@ def run(ctx: StudyContext, base: dict) -> dict:
     if missing:
         raise InvalidInput(f"dg_cg.mechanistic_test_sets {missing} are not splits of the collection "
                            f"({', '.join(coll.splits)})")
+    found = set().union(*(set(ctx.metadata(t)["domain"].astype(str)) for t in probe_sets))
+    absent = [dom for dom in dict.fromkeys(cfg.mechanistic_domains) if dom not in found]
+    if absent:
+        raise InvalidInput(f"dg_cg.mechanistic_domains {absent} have no images in {', '.join(probe_sets)}")
     bad = [x for x in cg_doms if x not in renditions or _test_set_of(x) not in evaluated]
     if bad:
         raise InvalidInput(f"dg_cg.cg_domains {bad} need to be rendition domains of the pool "

@@ -317,6 +317,9 @@ def test_all_four_studies_end_to_end_tiny(tmp_path):
     with pytest.raises(InvalidInput, match=r"mechanistic_test_sets \['test_infograph'\] are not splits"):
         run_study(load_config("demo", **TINY, studies=["dg_cg"],
                               **{"dg_cg.mechanistic_test_sets": ["test_domains", "test_infograph"]}), tmp_path / "run")
+    with pytest.raises(InvalidInput, match=r"mechanistic_domains \['clipart', 'painting', 'quickdraw'\] have no images"):
+        run_study(load_config("demo", **TINY, studies=["dg_cg"],
+                              **{"dg_cg.mechanistic_test_sets": ["test_sketch"]}), tmp_path / "run")
 
 
 @pytest.mark.slow
