@@ -88,13 +88,15 @@ def run(ctx: StudyContext, base: dict) -> dict:
     cg_doms = list(dict.fromkeys(cfg.cg_domains if cfg.cg_domains is not None
                                  else [D] + (["quickdraw"] if "quickdraw" in renditions else [])))
     evaluated = set(d.id_tests) | set(d.ood_tests)
-    probe_sets = list(cfg.mechanistic_test_sets or [_test_set_of(dom) for dom in dict.fromkeys(cfg.mechanistic_domains)])
+    doms = list(dict.fromkeys(cfg.mechanistic_domains))   # the mechanistic probe's domains and images
+    default_sets = [_test_set_of(dom) for dom in doms]
+    probe_sets = list(cfg.mechanistic_test_sets or default_sets)
     missing = [t for t in probe_sets if t not in coll.splits]
     if missing:
         raise InvalidInput(f"dg_cg.mechanistic_test_sets {missing} are not splits of the collection "
                            f"({', '.join(coll.splits)})")
     found = set().union(*(set(ctx.metadata(t)["domain"].astype(str)) for t in probe_sets))
-    absent = [dom for dom in dict.fromkeys(cfg.mechanistic_domains) if dom not in found]
+    absent = [dom for dom in doms if dom not in found]
     if absent:
         raise InvalidInput(f"dg_cg.mechanistic_domains {absent} have no images in {', '.join(probe_sets)}")
     bad = [x for x in cg_doms if x not in renditions or _test_set_of(x) not in evaluated]
@@ -217,7 +219,6 @@ def run(ctx: StudyContext, base: dict) -> dict:
     # saw every domain); one evaluation encodes the probe's images once. As in the paper's script, also
     # on the held-out classes alone and on the seen classes alone. With ``mechanistic_test_sets`` (the
     # demo: test_domains, backgrounds balanced per class) the default test sets are probed too, for comparison
-    doms = list(dict.fromkeys(cfg.mechanistic_domains))
     mech = mech_test_sets = None
     if len(doms) >= 2:
         subsets = {"held-out": list(C), "seen": [c for c in coll.classes if c not in C]}
@@ -229,7 +230,6 @@ def run(ctx: StudyContext, base: dict) -> dict:
                               tag=tag)
             return ctx.report_json(ev).get("mechanistic")
 
-        default_sets = [_test_set_of(dom) for dom in doms]
         mech = probe(probe_sets, "-mech")
         if probe_sets != default_sets:
             mech_test_sets = probe(default_sets, "-mech-test-sets")
