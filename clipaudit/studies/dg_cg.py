@@ -293,7 +293,8 @@ def run(ctx: StudyContext, base: dict) -> dict:
         # the lowest other domain's mean linear CKA minus quickdraw's, with its jackknife interval over
         # classes: on every class (the verdict's) and on each class subset of ``mechanistic``
         "quickdraw_cka_gap": {"all": quickdraw_cka_gap(mech), **cka_gap_per_class_subset(mech)},
-        # the same two on the default test sets (test_<domain>) when ``mechanistic_test_sets`` names others
+        # the probe's test sets; when they are not each domain's own test_<domain>, the mechanistic section and
+        # the gap (all classes) on those default test sets too, reported beside the verdict
         "mechanistic_test_sets": probe_sets,
         "mechanistic_on_default_test_sets": mech_test_sets,
         "quickdraw_cka_gap_on_default_test_sets": None if mech_test_sets is None else quickdraw_cka_gap(mech_test_sets),
